@@ -19,6 +19,7 @@ __all__ = [
     "join_phrases",
     "layout_prompt",
     "locate_phrases",
+    "substitute_phrases",
 ]
 
 JOINER = " and "
@@ -85,6 +86,16 @@ def locate_phrases(prompt: str, phrases: list[str] | tuple[str, ...]) -> list[tu
         spans.append((found, end))
         cursor = end
     return spans
+
+
+def substitute_phrases(prompt: str, phrases, replacements) -> str:
+    """Replaces each phrase's occurrence (as found by :func:`locate_phrases`) by its replacement:
+    ``("a wolf under the moon", ["wolf"], ["pink-colored wolf"]) -> "a pink-colored wolf under the moon"``."""
+    out, cursor = [], 0
+    for (start, end), replacement in zip(locate_phrases(prompt, phrases), replacements):
+        out += [prompt[cursor:start], replacement]
+        cursor = end
+    return "".join(out) + prompt[cursor:]
 
 
 def layout_prompt(tokenizer, prompt: str, phrases: list[str] | tuple[str, ...]) -> PromptLayout:

@@ -1,0 +1,39 @@
+"""File helpers: atomic image writes and early checks of output locations."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+from PIL import Image
+
+__all__ = ["check_writable_dir", "save_image_atomic"]
+
+
+def check_writable_dir(path: str | os.PathLike) -> None:
+    """Raises ``OSError`` with a clear message unless a file can be created next to ``path``."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise OSError(f"output directory does not exist: {directory}")
+    try:
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".aledit-probe-"):
+            pass
+    except OSError as exc:
+        raise OSError(f"output directory is not writable: {directory} ({exc.strerror or exc})") from None
+
+
+def save_image_atomic(image: Image.Image, path: str | os.PathLike) -> None:
+    """Writes ``image`` to a temporary file beside ``path`` and renames it into place, so a
+    reader never sees a half-written file."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    suffix = os.path.splitext(path)[1] or ".png"
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".aledit-", suffix=suffix)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            image.save(f, format=Image.registered_extensions().get(suffix.lower(), "PNG"))
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

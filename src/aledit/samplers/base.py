@@ -1,0 +1,47 @@
+"""What every dual-branch sampler shares: the latents of both branches and the hook protocol.
+
+A sampler runs the denoising loop of an edit. It asks a *noise predictor* (the pipeline's UNet
+call, with the attention processors of the method installed) for the guided noise of both
+branches, steps both latents, and passes them through the method's *latent hooks* (background
+blending) after each step. Samplers never know which controls are installed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+import torch
+
+__all__ = ["BranchLatents", "LatentHook", "NoisePredictor"]
+
+
+@dataclass(frozen=True)
+class BranchLatents:
+    """Latents of both branches after a step, each ``[1, C, h, w]``.
+
+    Attributes:
+        source: source-branch latent ``x_s``.
+        target: target-branch latent ``x_t``.
+        source_x0: the source branch's estimate of the clean latent.
+        target_x0: the target branch's estimate of the clean latent (decoded at the end).
+    """
+
+    source: torch.Tensor
+    target: torch.Tensor
+    source_x0: torch.Tensor
+    target_x0: torch.Tensor
+
+    def replace(self, **changes) -> "BranchLatents":
+        return replace(self, **changes)
+
+
+class LatentHook(Protocol):
+    """Called after every step with the step index; returns the (possibly changed) latents."""
+
+    def __call__(self, step: int, latents: BranchLatents) -> BranchLatents: ...
+
+
+# (source latent, target latent, timestep) -> (guided source noise, guided target noise)
+NoisePredictor = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
