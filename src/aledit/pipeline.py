@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +24,7 @@ from .masks.ops import MaskError, ObjectMasks
 from .masks.provider import MaskProvider
 from .methods.ale import ALEConfig, ALEMethod
 from .methods.base import EditPlan, guidance_scale_embedding
+from .samplers.base import BranchLatents
 from .samplers.virtual_inversion import VirtualInversionConfig, VirtualInversionSampler
 
 __all__ = ["ALEEditPipeline", "ALEConfig", "EditOutput", "DEFAULT_MODEL"]
@@ -44,6 +45,7 @@ class EditOutput:
         self_replace: the self-attention schedule used.
         masks: ``[N, h, w]`` bool object masks at latent resolution.
         background: ``[h, w]`` bool, the region BB keeps from the source (latent resolution).
+        latents: the final latents of both branches (``target_x0`` is what was decoded).
         attention_maps: ``[N, h', w']`` target cross-attention per object in [0, 1], when asked.
     """
 
@@ -54,7 +56,19 @@ class EditOutput:
     self_replace: float
     masks: torch.Tensor
     background: torch.Tensor
+    latents: BranchLatents
     attention_maps: torch.Tensor | None = None
+
+
+class _Observer:
+    """Latent hook that shows the latents to a user callback and changes nothing."""
+
+    def __init__(self, callback):
+        self.callback = callback
+
+    def __call__(self, step: int, latents: BranchLatents) -> BranchLatents:
+        self.callback(step, latents)
+        return latents
 
 
 def _as_edits(edits) -> tuple[Edit, ...]:
@@ -127,6 +141,7 @@ class ALEEditPipeline(DiffusionPipeline):
         config: ALEConfig | None = None,
         source_prompt: str | None = None,
         return_attention: bool = False,
+        callback_on_step_end: Callable[[int, BranchLatents], None] | None = None,
         progress: bool = True,
     ) -> EditOutput:
         """Edits the objects named in ``edits`` and nothing else.
@@ -144,6 +159,8 @@ class ALEEditPipeline(DiffusionPipeline):
             source_prompt: optional fuller description of the source image containing every
                 source phrase (default: the source phrases joined with " and ").
             return_attention: also return averaged target cross-attention maps per object.
+            callback_on_step_end: called as ``f(step, latents)`` after each step, after the
+                method's hooks (to inspect, not to change, the latents).
         """
         # 1. check inputs
         config = config or ALEConfig()
@@ -186,8 +203,11 @@ class ALEEditPipeline(DiffusionPipeline):
         sampler = VirtualInversionSampler(self.scheduler, VirtualInversionConfig(num_steps=steps, eta=config.eta))
         generator = torch.Generator(device="cpu").manual_seed(seed)
         predict = self._noise_predictor(plan, state, config)
+        hooks = plan.hooks
+        if callback_on_step_end is not None:
+            hooks = (*hooks, _Observer(callback_on_step_end))
         with attention_processors(self.unet, plan.choose_processor):
-            latents = sampler.sample(x0, predict, state, plan.hooks, generator=generator, progress=progress)
+            latents = sampler.sample(x0, predict, state, hooks, generator=generator, progress=progress)
 
         # 7. decode and resize back
         edited = self._decode(latents.target_x0).resize(image.size, Image.BICUBIC)
@@ -200,6 +220,7 @@ class ALEEditPipeline(DiffusionPipeline):
             self_replace=self_replace,
             masks=latent_masks,
             background=~latent_masks.any(dim=0),
+            latents=latents,
             attention_maps=plan.recorder.maps() if plan.recorder is not None else None,
         )
 

@@ -13,12 +13,13 @@ __all__ = ["TINY_RANDOM", "tiny_random_components"]
 TINY_RANDOM = "tiny-random"
 
 
-def tiny_random_components(seed: int = 0, cross_attention_dim: int = 32) -> dict:
+def tiny_random_components(seed: int = 0, cross_attention_dim: int = 32, time_cond_proj_dim: int | None = None) -> dict:
     """UNet, VAE, text encoder, tokenizer and LCM scheduler of a tiny SD-like model.
 
     The UNet has two resolutions with cross-attention at both (so RGB-CAM sees several layer
     sizes), the VAE downsamples by 4 (``vae_scale_factor`` = 4), the text encoder is a 2-layer
-    CLIP text transformer over the real 49,408-token vocabulary.
+    CLIP text transformer over the real 49,408-token vocabulary. ``time_cond_proj_dim`` makes
+    the UNet guidance-distilled like an LCM (it then takes LCM's guidance embedding).
     """
     from diffusers import AutoencoderKL, LCMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -37,6 +38,7 @@ def tiny_random_components(seed: int = 0, cross_attention_dim: int = 32) -> dict
         cross_attention_dim=cross_attention_dim,
         attention_head_dim=8,
         norm_num_groups=8,
+        time_cond_proj_dim=time_cond_proj_dim,
     )
     torch.manual_seed(seed + 1)
     vae = AutoencoderKL(

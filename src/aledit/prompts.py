@@ -106,7 +106,7 @@ def layout_prompt(tokenizer, prompt: str, phrases: list[str] | tuple[str, ...]) 
         PhraseNotFoundError: a phrase is not in the prompt or covers no token.
     """
     max_length = tokenizer.model_max_length
-    full = tokenizer(prompt, add_special_tokens=True, truncation=False, return_offsets_mapping=True)
+    full = tokenizer(prompt, add_special_tokens=True, truncation=False, return_offsets_mapping=True, verbose=False)
     n_tokens = len(full["input_ids"])
     if n_tokens > max_length:
         raise PromptTooLongError(
