@@ -88,3 +88,24 @@ def test_real_bench_masks(bench_dir):
     raw = load_mask(path, size=(768, 768))
     # dilation by 7 px only grows the mask
     assert bool((om.masks[0] | raw).eq(om.masks[0]).all()) and om.masks[0].sum() > raw.sum()
+
+
+def test_opaque_rgba_masks_are_read_by_grey_level(bench_dir):
+    import os
+
+    path = os.path.join(bench_dir, "masks", "artificial_img01", "floor_mask.png")
+    assert Image.open(path).mode == "RGBA"
+    m = load_mask(path)
+    grey = np.asarray(Image.open(path).convert("L")) >= 128
+    assert torch.equal(m, torch.from_numpy(grey)) and 0 < m.float().mean() < 0.9
+
+
+def test_transparent_masks_are_read_by_alpha_and_values_by_half_range():
+    rgba = np.zeros((4, 4, 4), np.uint8)
+    rgba[..., :3] = 200
+    rgba[:2, :, 3] = 255
+    m = load_mask(Image.fromarray(rgba, "RGBA"))
+    assert m[:2].all() and not m[2:].any()
+    assert load_mask(np.array([[0.2, 0.7]])).tolist() == [[False, True]]
+    assert load_mask(np.array([[0, 1]])).tolist() == [[False, True]]
+    assert load_mask(np.array([[3, 200]], np.uint8)).tolist() == [[False, True]]

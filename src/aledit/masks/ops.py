@@ -33,8 +33,11 @@ class MaskError(ValueError):
 def load_mask(source, size: tuple[int, int] | None = None, name: str = "mask") -> torch.Tensor:
     """Reads a mask from a path, PIL image, numpy array or tensor; returns ``[H, W]`` bool.
 
-    Any non-zero pixel (of the first channel, or of alpha for RGBA) is object. ``size`` is
-    ``(width, height)``; resizing is nearest-neighbour.
+    A pixel is object when its value is at least half the range (grey level >= 128 for images;
+    for arrays and tensors: > 0.5 for floats, > 0 for bools and ints below 2, >= 128 for uint8).
+    Images with a varying alpha channel are read by their alpha (transparent = background);
+    opaque RGBA images, like ALE-Bench's, by their grey level. ``size`` is ``(width, height)``;
+    resizing is nearest-neighbour.
     """
     if isinstance(source, (str, os.PathLike)):
         if not os.path.isfile(source):
@@ -46,9 +49,11 @@ def load_mask(source, size: tuple[int, int] | None = None, name: str = "mask") -
         except (UnidentifiedImageError, OSError) as exc:
             raise MaskError(f"mask file for {name!r} is not a readable image: {os.fspath(source)} ({exc})") from None
     if isinstance(source, Image.Image):
-        if source.mode in ("RGBA", "LA"):
-            source = source.getchannel("A")
-        array = np.asarray(source.convert("L"))
+        alpha = np.asarray(source.getchannel("A")) if source.mode in ("RGBA", "LA") else None
+        if alpha is not None and alpha.min() < alpha.max():
+            array = alpha  # a drawn mask: opaque = object
+        else:  # opaque everywhere (e.g. ALE-Bench's RGBA masks): the grey level decides
+            array = np.asarray(source.convert("L"))
     elif isinstance(source, torch.Tensor):
         array = source.detach().cpu().numpy()
     else:
@@ -57,10 +62,20 @@ def load_mask(source, size: tuple[int, int] | None = None, name: str = "mask") -
         array = array[..., 0] if array.shape[-1] in (1, 3, 4) else array[0]
     if array.ndim != 2:
         raise MaskError(f"mask for {name!r} must be 2-D, got shape {tuple(array.shape)}")
-    mask = torch.from_numpy(np.ascontiguousarray(array) > 0)
+    mask = torch.from_numpy(np.ascontiguousarray(_binarize(array)))
     if size is not None:
         mask = resize_nearest(mask, (size[1], size[0]))
     return mask
+
+
+def _binarize(array: np.ndarray) -> np.ndarray:
+    if array.dtype == bool:
+        return array
+    if np.issubdtype(array.dtype, np.floating):
+        return array > 0.5
+    if array.max(initial=0) <= 1:  # 0/1 integer masks
+        return array > 0
+    return array >= 128
 
 
 def resize_nearest(mask: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
