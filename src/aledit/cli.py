@@ -149,7 +149,7 @@ def _run_edit(args) -> int:
         stem, _ = os.path.splitext(args.out)
         names = [e.source for e in edits]
         picture = side_by_side(
-            [image, mask_overlay(image, result.masks, names), result.image],
+            [image, mask_overlay(image, result.object_masks, names), result.image],
             ["source", "masks", "edit: " + "; ".join(f"{e.source} -> {e.target}" for e in edits)],
         )
         outputs.append((picture, stem + "_side_by_side.png"))

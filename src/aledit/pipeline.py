@@ -44,6 +44,7 @@ class EditOutput:
         edit_types: the (inferred or given) type of each edit.
         self_replace: the self-attention schedule used.
         masks: ``[N, h, w]`` bool object masks at latent resolution.
+        object_masks: ``[N, H, W]`` bool dilated object masks at the working resolution.
         background: ``[h, w]`` bool, the region BB keeps from the source (latent resolution).
         latents: the final latents of both branches (``target_x0`` is what was decoded).
         attention_maps: ``[N, h', w']`` target cross-attention per object in [0, 1], when asked.
@@ -56,6 +57,7 @@ class EditOutput:
     self_replace: float
     masks: torch.Tensor
     background: torch.Tensor
+    object_masks: torch.Tensor
     latents: BranchLatents
     attention_maps: torch.Tensor | None = None
 
@@ -220,6 +222,7 @@ class ALEEditPipeline(DiffusionPipeline):
             self_replace=self_replace,
             masks=latent_masks,
             background=~latent_masks.any(dim=0),
+            object_masks=object_masks.masks,
             latents=latents,
             attention_maps=plan.recorder.maps() if plan.recorder is not None else None,
         )
