@@ -1,4 +1,8 @@
-"""Per-object masks: operations, the mask set used by an edit, and mask providers."""
+"""Per-object masks: operations, the mask set used by an edit, and mask providers.
+
+``grounded_sam`` and ``cache`` import only torch and PIL; transformers is imported when
+:meth:`GroundedSAM.from_pretrained` is called.
+"""
 
 from .ops import (
     MaskError,
@@ -10,17 +14,26 @@ from .ops import (
     load_mask,
     resize_nearest,
 )
+from .cache import CachedMaskProvider, image_digest
+from .grounded_sam import Detections, Detector, GroundedSAM, ObjectNotFoundError, Segmenter
 from .provider import GivenMasks, MaskProvider
 
 __all__ = [
+    "CachedMaskProvider",
+    "Detections",
+    "Detector",
     "GivenMasks",
+    "GroundedSAM",
     "MaskError",
     "MaskProvider",
     "ObjectMasks",
+    "ObjectNotFoundError",
+    "Segmenter",
     "dilate",
     "dilation_radius",
     "downsample_any",
     "exclusive_regions",
+    "image_digest",
     "load_mask",
     "resize_nearest",
 ]
