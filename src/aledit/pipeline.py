@@ -227,6 +227,36 @@ class ALEEditPipeline(DiffusionPipeline):
             attention_maps=plan.recorder.maps() if plan.recorder is not None else None,
         )
 
+    @torch.no_grad()
+    def reconstruct(
+        self,
+        image: Image.Image | str | os.PathLike,
+        prompt: str,
+        processors: Callable[[EditState], Callable[[str, object], object]],
+        *,
+        seed: int = 0,
+        steps: int = 15,
+        size: int | tuple[int, int] = 768,
+        progress: bool = True,
+    ) -> BranchLatents:
+        """Runs the source branch alone (one UNet row per step, guidance 1) on ``image`` with
+        ``prompt``, with the processors ``processors(state)`` chooses installed; for watching the
+        model's attention on an image (e.g. attention-derived masks)."""
+        image = self._load_image(image)
+        width, height = _working_size(size, 8)
+        latent_hw = (height // self.vae_scale_factor, width // self.vae_scale_factor)
+        state = EditState(layout=BatchLayout.source_only(), num_steps=steps, latent_hw=latent_hw)
+        from .ore import encode_prompts
+
+        embeds = encode_prompts(self.text_encoder, self.tokenizer, [prompt])
+        plan = EditPlan(row_embeddings=embeds, choose_processor=processors(state))
+        x0 = self._encode_image(image, width, height)
+        sampler = VirtualInversionSampler(self.scheduler, VirtualInversionConfig(num_steps=steps))
+        predict = self._noise_predictor(plan, state, ALEConfig(source_guidance=1.0, target_guidance=1.0))
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        with attention_processors(self.unet, plan.choose_processor):
+            return sampler.sample(x0, predict, state, (), generator=generator, progress=progress)
+
     # -- steps of edit ----------------------------------------------------------------------
 
     @staticmethod
@@ -274,6 +304,9 @@ class ALEEditPipeline(DiffusionPipeline):
             noise = self.unet(batch, t, encoder_hidden_states=embeds, timestep_cond=timestep_cond).sample
             guided = {}
             for branch in (SOURCE, TARGET):
+                if layout.index(branch, True) is None:  # a source-only batch: target = source
+                    guided[branch] = guided[SOURCE]
+                    continue
                 cond = noise[layout.index(branch, True)][None]
                 uncond_row = layout.index(branch, False)
                 if uncond_row is None:

@@ -3,7 +3,8 @@
 from .base import EditAttnProcessor
 from .install import attention_processors
 from .mutual_self import MutualSelfAttentionProcessor
-from .recorder import AttentionRecorder
+from .recorder import AttentionRecorder, SelfAttentionRecorder
+from .recording import RecordingAttnProcessor
 from .region_cross import RegionGuidance, RegionGuidedCrossAttentionProcessor
 from .state import SOURCE, TARGET, BatchLayout, EditState, Row
 
@@ -14,7 +15,9 @@ __all__ = [
     "EditState",
     "MutualSelfAttentionProcessor",
     "RegionGuidance",
+    "RecordingAttnProcessor",
     "RegionGuidedCrossAttentionProcessor",
+    "SelfAttentionRecorder",
     "Row",
     "SOURCE",
     "TARGET",

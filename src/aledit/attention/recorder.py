@@ -39,3 +39,31 @@ class AttentionRecorder:
         mean = self._sum / self._count
         peak = mean.flatten(1).amax(dim=1).clamp_min(1e-12)
         return mean / peak[:, None, None]
+
+
+class SelfAttentionRecorder:
+    """Accumulates one row's self-attention probabilities at one layer resolution.
+
+    Args:
+        resolution: ``(h, w)`` of the layers to record; other layers are ignored.
+    """
+
+    def __init__(self, resolution: tuple[int, int]):
+        self.resolution = tuple(resolution)
+        n = self.resolution[0] * self.resolution[1]
+        self._sum = torch.zeros(n, n)
+        self._count = 0
+
+    @torch.no_grad()
+    def add(self, probs: torch.Tensor, hw: tuple[int, int]) -> None:
+        """``probs``: ``[heads, h*w, h*w]`` of one row."""
+        if tuple(hw) != self.resolution:
+            return
+        self._sum += probs.float().mean(dim=0).cpu()
+        self._count += 1
+
+    def matrix(self) -> torch.Tensor:
+        """``[h*w, h*w]`` mean self-attention; row p is where pixel p attends."""
+        if self._count == 0:
+            raise ValueError(f"no self-attention layer of resolution {self.resolution} was recorded")
+        return self._sum / self._count

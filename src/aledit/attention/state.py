@@ -44,6 +44,13 @@ class BatchLayout:
         rows.append(Row(TARGET, True))
         return cls(tuple(rows))
 
+    @classmethod
+    def source_only(cls, source_uncond: bool = False) -> "BatchLayout":
+        """Rows of the source branch alone: the target then follows the source exactly
+        (used to watch a reconstruction, e.g. for attention-derived masks)."""
+        rows = ([Row(SOURCE, False)] if source_uncond else []) + [Row(SOURCE, True)]
+        return cls(tuple(rows))
+
     def __len__(self) -> int:
         return len(self.rows)
 

@@ -1,0 +1,61 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from aledit.masks import MaskError
+from aledit.masks.attention import AttentionMasks, agreement_scores, kmeans, masks_from_attention
+
+
+def block_self_attention(labels: torch.Tensor) -> torch.Tensor:
+    """Self-attention where every pixel attends uniformly to the pixels of its own region."""
+    flat = labels.flatten()
+    same = (flat[:, None] == flat[None, :]).float()
+    return same / same.sum(dim=1, keepdim=True)
+
+
+def test_kmeans_is_deterministic_and_separates_blobs():
+    gen = torch.Generator().manual_seed(0)
+    pts = torch.cat([torch.randn(20, 3, generator=gen) + 10, torch.randn(30, 3, generator=gen) - 10])
+    a, b = kmeans(pts, 2, seed=3), kmeans(pts, 2, seed=3)
+    assert torch.equal(a, b)
+    assert len(set(a[:20].tolist())) == 1 and len(set(a[20:].tolist())) == 1 and a[0] != a[20]
+
+
+def test_agreement_is_the_mean_attention_over_a_cluster():
+    cross = torch.tensor([[1.0, 0.5, 0.0, 0.0]])
+    clusters = torch.tensor([0, 0, 1, 2])
+    assert agreement_scores(cross, clusters, 4).tolist() == [[0.75, 0.0, 0.0, 0.0]]
+
+
+def test_mask_follows_the_planted_cross_attention():
+    labels = torch.zeros(8, 8, dtype=torch.long)
+    labels[1:4, 1:4] = 1  # object A
+    labels[5:8, 4:8] = 2  # object B
+    labels[0, 6:] = 3  # small distractor
+    self_attn = block_self_attention(labels)
+    cross = torch.zeros(2, 8, 8)
+    cross[0][labels == 1] = 1.0  # A's words attend to region 1
+    cross[0][labels == 2] = 0.1  # with a little leakage onto B
+    cross[1][labels == 2] = 0.8
+    result = masks_from_attention(self_attn, cross, (8, 8), n_clusters=4, threshold=0.2)
+    assert torch.equal(result.masks[0], labels == 1)
+    assert torch.equal(result.masks[1], labels == 2)
+    assert not (result.masks[0] & result.masks[1]).any()
+    # nothing for an object whose attention is weak everywhere
+    weak = masks_from_attention(self_attn, cross * 0.1, (8, 8), n_clusters=4, threshold=0.2)
+    assert not weak.masks.any()
+
+
+def test_provider_on_a_tiny_pipeline(pipe):
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    provider = AttentionMasks(pipe, size=64, steps=2, threshold=0.0)
+    masks = provider(image, ["cat", "dog"])
+    assert set(masks) == {"cat", "dog"}
+    assert all(m.shape == (48, 64) and m.dtype == torch.bool for m in masks.values())
+    again = provider(image, ["cat", "dog"])
+    assert all(torch.equal(masks[k], again[k]) for k in masks)
+    assert not (masks["cat"] & masks["dog"]).any()
+    with pytest.raises(MaskError, match="could not find 'cat'.*best cluster agreement"):
+        AttentionMasks(pipe, size=64, steps=2, threshold=1.01)(image, ["cat"])
