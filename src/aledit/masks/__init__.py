@@ -4,9 +4,18 @@
 :meth:`GroundedSAM.from_pretrained` is called.
 """
 
+from .cache import CachedMaskProvider, image_digest
+from .grounded_sam import (
+    Detections,
+    Detector,
+    GroundedSAM,
+    GroundingNotFoundError,
+    Segmenter,
+)
 from .ops import (
     MaskError,
     ObjectMasks,
+    ObjectNotFoundError,
     dilate,
     dilation_radius,
     downsample_any,
@@ -14,8 +23,6 @@ from .ops import (
     load_mask,
     resize_nearest,
 )
-from .cache import CachedMaskProvider, image_digest
-from .grounded_sam import Detections, Detector, GroundedSAM, ObjectNotFoundError, Segmenter
 from .provider import GivenMasks, MaskProvider
 
 __all__ = [
@@ -24,6 +31,7 @@ __all__ = [
     "Detector",
     "GivenMasks",
     "GroundedSAM",
+    "GroundingNotFoundError",
     "MaskError",
     "MaskProvider",
     "ObjectMasks",

@@ -30,15 +30,11 @@ from ..attention.install import is_cross_attention, is_self_attention
 from ..attention.recorder import AttentionRecorder, SelfAttentionRecorder
 from ..attention.recording import RecordingAttnProcessor
 from ..prompts import join_phrases, layout_prompt
-from .ops import MaskError, resize_nearest
+from .ops import ObjectNotFoundError, resize_nearest
 
-__all__ = ["AttentionMasks", "ObjectNotFoundError", "agreement_scores", "kmeans", "masks_from_attention"]
+__all__ = ["AttentionMasks", "agreement_scores", "kmeans", "masks_from_attention"]
 
 logger = logging.getLogger(__name__)
-
-
-class ObjectNotFoundError(MaskError):
-    """A provider could not find an object in the image."""
 
 
 def kmeans(points: torch.Tensor, k: int, seed: int = 0, iterations: int = 50) -> torch.Tensor:
@@ -203,7 +199,9 @@ class AttentionMasks:
                 raise ObjectNotFoundError(
                     f"could not find {phrase!r} in the image from the model's attention (best cluster agreement "
                     f"{best:.3f}, threshold {self.threshold}); lower the threshold, name the object differently, "
-                    "or give a mask"
+                    "or give a mask",
+                    phrase,
+                    best,
                 )
             out[phrase] = resize_nearest(result.masks[n], (image.height, image.width))
         logger.info("attention masks: agreement scores %s", result.scores.tolist())

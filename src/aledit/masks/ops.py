@@ -17,6 +17,7 @@ from PIL import Image, UnidentifiedImageError
 __all__ = [
     "MaskError",
     "ObjectMasks",
+    "ObjectNotFoundError",
     "dilate",
     "dilation_radius",
     "downsample_any",
@@ -28,6 +29,23 @@ __all__ = [
 
 class MaskError(ValueError):
     """A mask that is missing, unreadable or empty."""
+
+
+class ObjectNotFoundError(MaskError):
+    """A mask provider could not find an object in the image.
+
+    Attributes:
+        phrase: the (first) phrase not found.
+        best_score: the provider's best score for it (``None``: nothing was proposed).
+    """
+
+    def __init__(self, message: str, phrase: str, best_score: float | None):
+        super().__init__(message)
+        self.phrase = phrase
+        self.best_score = best_score
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.phrase, self.best_score))
 
 
 def load_mask(source, size: tuple[int, int] | None = None, name: str = "mask") -> torch.Tensor:
