@@ -59,3 +59,22 @@ def test_provider_on_a_tiny_pipeline(pipe):
     assert not (masks["cat"] & masks["dog"]).any()
     with pytest.raises(MaskError, match="could not find 'cat'.*best cluster agreement"):
         AttentionMasks(pipe, size=64, steps=2, threshold=1.01)(image, ["cat"])
+
+
+def test_cli_with_the_attention_provider(tmp_path, capsys):
+    import os
+
+    from aledit.cli import main
+
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(tmp_path / "img.png")
+    common = ["--model", "tiny-random", "--size", "64", "--attention-threshold", "0", "--mask-cache", str(tmp_path / "c")]
+    assert main(["masks", str(tmp_path / "img.png"), "--object", "cat", "--object", "dog", "--provider", "attention",
+                 "--out", str(tmp_path / "m"), *common]) == 0
+    assert sorted(os.listdir(tmp_path / "m")) == ["cat.png", "dog.png", "overlay.png"]
+    cached = sorted(os.listdir(tmp_path / "c"))
+    assert len(cached) == 2
+    assert main(["edit", str(tmp_path / "img.png"), "--edit", "cat -> tiger", "--edit", "dog -> wolf", "--steps", "2",
+                 "--mask-provider", "attention", "--out", str(tmp_path / "out.png"), *common]) == 0
+    assert Image.open(tmp_path / "out.png").size == (56, 40)
+    assert sorted(os.listdir(tmp_path / "c")) == cached  # found masks came from the cache

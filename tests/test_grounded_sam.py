@@ -512,3 +512,50 @@ def test_cached_grounded_sam(tmp_path):
     provider.box_threshold = 0.5  # settings are read at each call
     assert torch.equal(cached(blank(), ["cat"])["cat"], first["cat"])
     assert detector.calls == ["cat", "cat"]
+
+
+# -- the command line ---------------------------------------------------------------------------
+
+
+def test_cli_masks_and_edit_with_local_grounded_sam(tiny_grounded_sam, photo, tmp_path, capsys):
+    from aledit.cli import main
+
+    dino, dino_processor, sam, sam_processor = tiny_grounded_sam["parts"]
+    for model, processor, name in ((dino, dino_processor, "dino"), (sam, sam_processor, "sam")):
+        model.save_pretrained(tmp_path / name)
+        processor.save_pretrained(tmp_path / name)
+    photo.save(tmp_path / "photo.png")
+    common = [
+        "--detector", str(tmp_path / "dino"), "--segmenter", str(tmp_path / "sam"), "--device", "cpu",
+        "--box-threshold", "0", "--text-threshold", "0", "--mask-cache", str(tmp_path / "cache"),
+    ]
+    out = tmp_path / "masks"
+    assert main(["masks", str(tmp_path / "photo.png"), "--object", "red shoe", "--object", "cat", "--out", str(out), *common]) == 0
+    assert sorted(os.listdir(out)) == ["cat.png", "overlay.png", "red shoe.png"]
+    assert Image.open(out / "cat.png").size == (80, 48)
+    assert len(os.listdir(tmp_path / "cache")) == 2
+    # the edit finds its masks the same way (from the cache) when no --mask is given
+    code = main([
+        "edit", str(tmp_path / "photo.png"), "--edit", "cat -> tiger", "--model", "tiny-random", "--size", "64",
+        "--steps", "2", "--out", str(tmp_path / "edit.png"), "--save-masks", str(tmp_path / "used"), *common,
+    ])
+    assert code == 0 and (tmp_path / "edit.png").exists()
+    assert sorted(os.listdir(tmp_path / "used")) == ["cat.png", "overlay.png"]
+    assert len(os.listdir(tmp_path / "cache")) == 2
+    # not found: one clear line naming the phrase and its best score
+    capsys.readouterr()
+    code = main(["masks", str(tmp_path / "photo.png"), "--object", "cat", "--out", str(out), "--no-mask-cache",
+                 *common[:-4], "--box-threshold", "1.01"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "could not find 'cat'" in err[0] and "--box-threshold" in err[0]
+
+
+def test_cli_grounded_sam_that_cannot_load_is_one_line(tmp_path, capsys, monkeypatch):
+    from aledit.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    blank().save(tmp_path / "photo.png")
+    code = main(["masks", str(tmp_path / "photo.png"), "--object", "cat", "--out", str(tmp_path / "m"),
+                 "--detector", str(tmp_path / "none"), "--segmenter", str(tmp_path / "none")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "could not load Grounded-SAM" in err[0] and "--mask-provider attention" in err[0]

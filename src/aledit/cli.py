@@ -33,7 +33,8 @@ def _add_edit_parser(sub) -> None:
     )
     p.add_argument(
         "--mask", action="append", default=[], metavar="NAME=PATH",
-        help="mask image of a source object, e.g. wolf=wolf.png (non-zero = object; any size)",
+        help="mask image of a source object, e.g. wolf=wolf.png (any size); without any --mask a "
+        "mask provider finds the objects",
     )
     p.add_argument("--out", required=True, help="where to write the edited image (PNG/JPEG)")
     p.add_argument("--model", default=None, help="hub id or local folder (default SimianLuo/LCM_Dreamshaper_v7); 'tiny-random' runs offline")
@@ -50,7 +51,45 @@ def _add_edit_parser(sub) -> None:
     p.add_argument("--no-bb", action="store_true", help="switch off background blending")
     p.add_argument("--side-by-side", action="store_true", help="also write OUT_side_by_side.png: source | masks | edit")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--save-masks", default=None, metavar="DIR", help="write the masks the edit used (PNG per object + overlay)")
+    _add_provider_options(p, "--mask-provider")
     p.set_defaults(run=_run_edit)
+
+
+def _add_provider_options(p, flag: str) -> None:
+    p.add_argument(
+        flag, dest="provider", choices=("grounded-sam", "attention"), default="grounded-sam",
+        help="how to find objects without a mask: grounded-sam (GroundingDINO + SAM, the paper's) or "
+        "attention (clusters of the editing model's own attention, no extra model)",
+    )
+    p.add_argument("--box-threshold", type=float, default=0.45, help="grounded-sam: detector box score threshold")
+    p.add_argument("--text-threshold", type=float, default=0.40, help="grounded-sam: detector text score threshold")
+    p.add_argument("--detector", default=None, help="grounded-sam: GroundingDINO hub id or folder")
+    p.add_argument("--segmenter", default=None, help="grounded-sam: SAM hub id or folder")
+    p.add_argument("--attention-threshold", type=float, default=0.2, help="attention: cluster agreement threshold (DPL's TH)")
+    p.add_argument("--mask-cache", default=_default_cache(), metavar="DIR", help="where found masks are cached")
+    p.add_argument("--no-mask-cache", action="store_true", help="always recompute found masks")
+
+
+def _default_cache() -> str:
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(root, "aledit", "masks")
+
+
+def _add_masks_parser(sub) -> None:
+    p = sub.add_parser(
+        "masks",
+        help="find object masks and preview them",
+        description="Find a mask per object of IMAGE and write one PNG per object plus overlay.png.",
+    )
+    p.add_argument("image", help="source image")
+    p.add_argument("--object", action="append", default=[], help="object phrase (repeat), e.g. --object wolf")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the PNGs (created if missing)")
+    p.add_argument("--model", default=None, help="attention provider: the diffusion model (hub id, folder, tiny-random)")
+    p.add_argument("--size", type=int, default=512, help="attention provider: working resolution")
+    p.add_argument("--device", default=None)
+    _add_provider_options(p, "--provider")
+    p.set_defaults(run=_run_masks)
 
 
 def _parse_masks(items: list[str]) -> dict[str, str]:
@@ -89,17 +128,24 @@ def _run_edit(args) -> int:
         raise UsageError(str(exc)) from None
     image = _check_image(args.image)
     masks = _parse_masks(args.mask)
-    missing = [e.source for e in edits if e.source not in masks]
-    if missing:
-        raise UsageError(
-            f"no --mask for {', '.join(repr(m) for m in missing)}; give one mask per source object, e.g. "
-            f"--mask '{missing[0]}=mask.png'"
-        )
+    if masks:
+        missing = [e.source for e in edits if e.source not in masks]
+        if missing:
+            raise UsageError(
+                f"no --mask for {', '.join(repr(m) for m in missing)}; give one mask per source object, e.g. "
+                f"--mask '{missing[0]}=mask.png', or no --mask at all to find them with --mask-provider"
+            )
+        unknown = [name for name in masks if name not in {e.source for e in edits}]
+        if unknown:
+            raise UsageError(f"--mask {unknown[0]!r} names no edited object (edited: {', '.join(e.source for e in edits)})")
     for name, path in masks.items():
         if not os.path.isfile(path):
             raise UsageError(f"mask file for {name!r} not found: {path}")
     try:
         check_writable_dir(args.out)
+        if args.save_masks:
+            os.makedirs(args.save_masks, exist_ok=True)
+            check_writable_dir(os.path.join(args.save_masks, "overlay.png"))
     except OSError as exc:
         raise UsageError(str(exc)) from None
     if args.size <= 0 or args.size % 8:
@@ -107,11 +153,9 @@ def _run_edit(args) -> int:
     if args.steps < 1:
         raise UsageError(f"--steps must be >= 1, got {args.steps}")
 
-    import torch
-
     from .io import save_image_atomic
     from .masks.ops import MaskError
-    from .pipeline import DEFAULT_MODEL, ALEConfig, ALEEditPipeline
+    from .pipeline import ALEConfig
     from .prompts import PromptError
     from .visualize import mask_overlay, side_by_side
 
@@ -128,21 +172,17 @@ def _run_edit(args) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 
-    model = args.model or DEFAULT_MODEL
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    logger.info("loading %s on %s", model, device)
-    try:
-        pipe = ALEEditPipeline.from_pretrained(model).to(device)
-    except Exception as exc:  # any loading failure is the user's model argument or network
-        raise UsageError(f"could not load model {model!r}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
-
+    pipe = _load_pipeline(args.model, args.device)
+    provider = masks or _mask_provider(args, pipe)
     try:
         result = pipe.edit(
-            image, edits, masks, seed=args.seed, steps=args.steps, size=args.size, config=config,
+            image, edits, provider, seed=args.seed, steps=args.steps, size=args.size, config=config,
             source_prompt=args.prompt,
         )
     except (EditError, MaskError, PromptError) as exc:
-        raise UsageError(str(exc)) from None
+        raise UsageError(str(exc).replace("\n", " ")) from None
+    if args.save_masks:
+        _write_masks(args.save_masks, image, [e.source for e in edits], result.object_masks)
 
     outputs = [(result.image, args.out)]
     if args.side_by_side:
@@ -159,19 +199,135 @@ def _run_edit(args) -> int:
     return 0
 
 
+def _load_pipeline(model: str | None, device: str | None):
+    import torch
+
+    from .pipeline import DEFAULT_MODEL, ALEEditPipeline
+
+    model = model or DEFAULT_MODEL
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    logger.info("loading %s on %s", model, device)
+    try:
+        return ALEEditPipeline.from_pretrained(model).to(device)
+    except Exception as exc:  # any loading failure is the user's model argument or network
+        raise UsageError(f"could not load model {model!r}: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _mask_provider(args, pipe=None):
+    """The provider the options ask for, cached on disk unless --no-mask-cache."""
+    from .masks import CachedMaskProvider
+
+    if args.provider == "attention":
+        from .masks.attention import AttentionMasks
+
+        if pipe is None:
+            pipe = _load_pipeline(args.model, args.device)
+        provider = AttentionMasks(pipe, threshold=args.attention_threshold, size=getattr(args, "size", 512))
+        key_parts = {"model": args.model or "default"}
+    else:
+        from .masks import GroundedSAM
+        from .masks.grounded_sam import DEFAULT_DETECTOR, DEFAULT_SEGMENTER
+
+        logger.info("loading Grounded-SAM")
+        try:
+            provider = GroundedSAM.from_pretrained(
+                args.detector or DEFAULT_DETECTOR,
+                args.segmenter or DEFAULT_SEGMENTER,
+                device=args.device,
+                box_threshold=args.box_threshold,
+                text_threshold=args.text_threshold,
+            )
+        except Exception as exc:
+            raise UsageError(
+                f"could not load Grounded-SAM ({_first_line(exc)}); give masks with --mask or use "
+                "--mask-provider attention, which needs no extra model"
+            ) from None
+        key_parts = None
+    if args.no_mask_cache:
+        return provider
+    try:
+        return CachedMaskProvider(provider, args.mask_cache, key_parts=key_parts)
+    except OSError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _safe_name(phrase: str) -> str:
+    return "".join(c if c.isalnum() or c in " -_." else "_" for c in phrase).strip() or "object"
+
+
+def _write_masks(directory: str, image, names, masks) -> None:
+    """One PNG per object (255 = object, at the image's size) and ``overlay.png``."""
+    import numpy as np
+    from PIL import Image
+
+    from .io import save_image_atomic
+    from .visualize import mask_overlay
+
+    os.makedirs(directory, exist_ok=True)
+    for name, mask in zip(names, masks):
+        picture = Image.fromarray(mask.cpu().numpy().astype(np.uint8) * 255).resize(image.size, Image.NEAREST)
+        save_image_atomic(picture, os.path.join(directory, _safe_name(name) + ".png"))
+    save_image_atomic(mask_overlay(image, masks, names), os.path.join(directory, "overlay.png"))
+    print(f"wrote {len(names)} masks and overlay.png to {directory}")
+
+
+def _run_masks(args) -> int:
+    import torch
+
+    from .io import check_writable_dir
+    from .masks.ops import MaskError
+
+    if not args.object:
+        raise UsageError("no objects given: add --object PHRASE")
+    names = [" ".join(o.split()) for o in args.object]
+    if any(not n for n in names):
+        raise UsageError("an --object phrase is empty")
+    image = _check_image(args.image)
+    try:
+        os.makedirs(args.out, exist_ok=True)
+        check_writable_dir(os.path.join(args.out, "overlay.png"))
+    except OSError as exc:
+        raise UsageError(str(exc).replace("output directory", "--out folder")) from None
+    provider = _mask_provider(args)
+    try:
+        found = provider(image, names)
+    except MaskError as exc:
+        raise UsageError(str(exc).replace("\n", " ")) from None
+    _write_masks(args.out, image, names, torch.stack([found[n] for n in names]))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aledit", description="Multi-object image editing without attribute leakage.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     _add_edit_parser(sub)
+    _add_masks_parser(sub)
     return parser
+
+
+def _quiet_libraries() -> None:
+    """Keeps stderr for our progress bar and errors: no weight-loading bars from transformers."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except Exception:  # transformers missing or changed: its bars are only cosmetic
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s", force=True)
+    if not args.verbose:
+        _quiet_libraries()
     try:
         return args.run(args)
     except UsageError as exc:
