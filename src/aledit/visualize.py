@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 __all__ = ["PALETTE", "mask_overlay", "side_by_side"]
 
@@ -22,11 +22,21 @@ def mask_overlay(image: Image.Image, masks: torch.Tensor, names: list[str] | tup
         out[sel] = (1 - alpha) * base[sel] + alpha * np.array(PALETTE[i % len(PALETTE)], np.float32)
     result = Image.fromarray(out.clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(result)
+    font = _font(max(10, image.height // 24))
+    y = font.size // 3
     for i, name in enumerate(names):
-        y = 4 + 14 * i
-        draw.rectangle([2, y - 1, 8 + 7 * len(name), y + 11], fill=(0, 0, 0))
-        draw.text((5, y), name, fill=PALETTE[i % len(PALETTE)])
+        box = draw.textbbox((0, 0), name, font=font)
+        draw.rectangle([0, y, box[2] + font.size // 2, y + box[3] + font.size // 4], fill=(0, 0, 0))
+        draw.text((font.size // 4, y), name, fill=PALETTE[i % len(PALETTE)], font=font)
+        y += box[3] + font.size // 2
     return result
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: one fixed size
+        return ImageFont.load_default()
 
 
 def side_by_side(images: list[Image.Image], labels: list[str], height: int = 384) -> Image.Image:
@@ -38,6 +48,6 @@ def side_by_side(images: list[Image.Image], labels: list[str], height: int = 384
     x = 0
     for im, label in zip(resized, labels):
         canvas.paste(im, (x, caption))
-        draw.text((x + 4, 3), label, fill=(0, 0, 0))
+        draw.text((x + 4, 2), label, fill=(0, 0, 0), font=_font(13))
         x += im.width + 4
     return canvas
