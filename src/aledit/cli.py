@@ -309,6 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     _add_edit_parser(sub)
     _add_masks_parser(sub)
+    from .bench.cli import register as register_bench  # lazy: bench.cli imports UsageError from here
+
+    register_bench(sub)
     return parser
 
 
