@@ -418,17 +418,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..cli import _quiet_libraries
+    from ..cli import run_parser
 
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s", force=True)
-    if not args.verbose:
-        _quiet_libraries()
-    try:
-        return args.run(args)
-    except UsageError as exc:
-        print(f"aledit: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("aledit: interrupted", file=sys.stderr)
-        return 130
+    return run_parser(build_parser(), argv)
