@@ -66,26 +66,31 @@ def _off_diagonal_mean(scores: torch.Tensor) -> float:
     return float(scores[off].mean())
 
 
+def _background_scores(
+    encoder: ClipEncoder, edited: ImageLike, masks: Sequence[MaskLike], target_phrases: Sequence[str], texts: list[str]
+) -> torch.Tensor | None:
+    """CLIP scores ``[len(texts)]`` of the background ``I_e * (1 - U m_j)``; None without one."""
+    image, object_masks = _prepare(edited, masks, target_phrases)
+    background = background_mask(object_masks)
+    if not background.any():
+        return None
+    return clip_scores(encoder, [mask_image(image, background)], texts)[0]
+
+
 def te_leakage(
     encoder: ClipEncoder, edited: ImageLike, masks: Sequence[MaskLike], target_phrases: Sequence[str]
 ) -> float:
     """``CLIP(I_e * (1 - U m_j), " and ".join(y))``; NaN when there is no background."""
-    image, object_masks = _prepare(edited, masks, target_phrases)
-    background = background_mask(object_masks)
-    if not background.any():
-        return math.nan
-    return float(clip_scores(encoder, [mask_image(image, background)], [join_phrases(list(target_phrases))])[0, 0])
+    scores = _background_scores(encoder, edited, masks, target_phrases, [join_phrases(list(target_phrases))])
+    return math.nan if scores is None else float(scores[0])
 
 
 def te_leakage_per_phrase(
     encoder: ClipEncoder, edited: ImageLike, masks: Sequence[MaskLike], target_phrases: Sequence[str]
 ) -> float:
     """Eq. 6 as printed: ``1/N sum_i CLIP(I_e * (1 - U m_j), y_i)``; NaN when there is no background."""
-    image, object_masks = _prepare(edited, masks, target_phrases)
-    background = background_mask(object_masks)
-    if not background.any():
-        return math.nan
-    return float(clip_scores(encoder, [mask_image(image, background)], list(target_phrases)).mean())
+    scores = _background_scores(encoder, edited, masks, target_phrases, list(target_phrases))
+    return math.nan if scores is None else float(scores.mean())
 
 
 def ti_leakage(
