@@ -312,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench.cli import register as register_bench  # lazy: bench.cli imports UsageError from here
 
     register_bench(sub)
+    from .synthetic.demo import register as register_demo
+
+    register_demo(sub)
     return parser
 
 

@@ -118,14 +118,18 @@ class ALEEditPipeline(DiffusionPipeline):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike = DEFAULT_MODEL, **kwargs):
-        """Loads from a hub id or local folder; ``"tiny-random"`` builds the offline preset."""
+        """Loads from a hub id or local folder; ``"tiny-random"`` builds the offline random preset,
+        ``"synthetic-tiny"`` loads the packaged model trained on :mod:`aledit.synthetic` scenes."""
         from .presets import TINY_RANDOM, tiny_random_components
 
         if str(pretrained_model_name_or_path) == TINY_RANDOM:
             return cls(**tiny_random_components())
-        kwargs.setdefault("safety_checker", None)
-        kwargs.setdefault("feature_extractor", None)
-        kwargs.setdefault("requires_safety_checker", False)
+        from .synthetic.model import SYNTHETIC_TINY, synthetic_model_path
+
+        if str(pretrained_model_name_or_path) == SYNTHETIC_TINY:
+            pretrained_model_name_or_path = synthetic_model_path()
+        # Components of the folder that __init__ does not take (an SD checkpoint's safety_checker,
+        # feature_extractor) are skipped by diffusers, so no kwargs are needed for them.
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     # -- the edit ---------------------------------------------------------------------------
@@ -278,12 +282,14 @@ class ALEEditPipeline(DiffusionPipeline):
             source_uncond=config.source_guidance != 1.0, target_uncond=config.target_guidance != 1.0
         )
 
+    @torch.no_grad()
     def _encode_image(self, image: Image.Image, width: int, height: int) -> torch.Tensor:
         pixels = self.image_processor.preprocess(image, height=height, width=width)
         pixels = pixels.to(self._execution_device, self.vae.dtype)
         latent = self.vae.encode(pixels).latent_dist.mode()
         return (latent * self.vae.config.scaling_factor).to(self.unet.dtype)
 
+    @torch.no_grad()
     def _decode(self, latent: torch.Tensor) -> Image.Image:
         pixels = self.vae.decode(latent.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
         return self.image_processor.postprocess(pixels, output_type="pil")[0]

@@ -51,6 +51,9 @@ def _add_subcommands(parser: argparse.ArgumentParser) -> None:
     _add_generate_parser(sub)
     _add_run_parser(sub)
     _add_report_parser(sub)
+    from ..synthetic.bench import register as register_synthetic  # lazy: imports UsageError from aledit.cli
+
+    register_synthetic(sub)
 
 
 # -- generate --------------------------------------------------------------------------------
