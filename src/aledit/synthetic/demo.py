@@ -106,7 +106,7 @@ def format_scores(scores: dict[str, EditScores]) -> str:
 def run_demo(
     out_path: str | os.PathLike,
     seed: int = 0,
-    edit_type: EditType | str = EditType.COLOR,
+    edit_type: EditType | str = EditType.MATERIAL,
     *,
     pipe=None,
     settings: SyntheticEditSettings = SYNTHETIC_EDIT_SETTINGS,
@@ -163,7 +163,10 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo.png", help="PNG to write (default demo.png)")
     p.add_argument("--seed", type=int, default=0, help="seed of the scene, edit and noise (default 0)")
     p.add_argument(
-        "--edit-type", default=EditType.COLOR.value, choices=[t.value for t in EditType], help="edit type (default color)"
+        "--edit-type",
+        default=EditType.MATERIAL.value,
+        choices=[t.value for t in EditType],
+        help="edit type (default material, the type synthetic-tiny edits best)",
     )
     p.add_argument("--model", default=None, help="model folder (default: the packaged synthetic-tiny)")
     p.add_argument("--steps", type=int, default=SYNTHETIC_EDIT_SETTINGS.steps)
