@@ -119,7 +119,7 @@ class TrainConfig:
     unet_channels: tuple[int, ...] = (32, 64, 96)
     unet_heads: int = 4
     # diffusion training
-    steps: int = 2000
+    steps: int = 2400
     batch_size: int = 32
     lr: float = 1e-3
     warmup_steps: int = 100
