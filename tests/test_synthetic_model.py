@@ -260,3 +260,13 @@ def test_bench_cli_registration(synthetic_pipe, tmp_path, monkeypatch, capsys):
         assert (out / name).is_file()
     assert len((out / "records.jsonl").read_text().splitlines()) == 4
     assert "| ALE |" in capsys.readouterr().out
+
+
+def test_missing_model_folder_is_a_one_line_error(tmp_path, capsys):
+    from aledit.cli import main
+
+    assert main(["demo", "--model", str(tmp_path / "none"), "--out", str(tmp_path / "d.png")]) == 2
+    assert main(["bench", "synthetic", "--model", str(tmp_path / "none"), "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("aledit: error: model folder does not exist") for line in err)
+    assert not (tmp_path / "d.png").exists() and not (tmp_path / "b").exists()

@@ -206,6 +206,9 @@ def _load_pipeline(model: str | None, device: str | None):
 
     model = model or DEFAULT_MODEL
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    # A path that does not exist would otherwise be tried as a hub id, with a confusing error.
+    if str(model).startswith(("/", "./", "../", "~")) and not os.path.isdir(os.path.expanduser(model)):
+        raise UsageError(f"model folder does not exist: {model}")
     logger.info("loading %s on %s", model, device)
     try:
         return ALEEditPipeline.from_pretrained(model).to(device)

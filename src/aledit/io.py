@@ -7,7 +7,7 @@ import tempfile
 
 from PIL import Image
 
-__all__ = ["check_writable_dir", "save_image_atomic"]
+__all__ = ["check_writable_dir", "save_image_atomic", "save_text_atomic"]
 
 
 def check_writable_dir(path: str | os.PathLike) -> None:
@@ -32,6 +32,20 @@ def save_image_atomic(image: Image.Image, path: str | os.PathLike) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             image.save(f, format=Image.registered_extensions().get(suffix.lower(), "PNG"))
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_text_atomic(text: str, path: str | os.PathLike) -> None:
+    """Writes ``text`` (UTF-8) to a temporary file beside ``path`` and renames it into place."""
+    path = os.fspath(path)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".aledit-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

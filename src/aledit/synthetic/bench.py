@@ -452,9 +452,8 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def _run_bench(args) -> int:
-    from ..cli import UsageError
-    from ..io import save_image_atomic
-    from ..pipeline import ALEEditPipeline
+    from ..cli import UsageError, _load_pipeline
+    from ..io import check_writable_dir, save_image_atomic, save_text_atomic
     from .model import synthetic_model_path
 
     configs = tuple(c.strip() for c in args.configs.split(",") if c.strip())
@@ -465,19 +464,19 @@ def _run_bench(args) -> int:
         raise UsageError(f"--edits must be >= 1, got {args.edits}")
     if args.steps < 1:
         raise UsageError(f"--steps must be >= 1, got {args.steps}")
+    settings = SYNTHETIC_EDIT_SETTINGS.replace(steps=args.steps, eta=args.eta, target_guidance=args.target_guidance)
+    pipe = _load_pipeline(args.model or str(synthetic_model_path()), args.device)
     try:
         os.makedirs(args.out, exist_ok=True)
+        check_writable_dir(os.path.join(args.out, "synthetic_bench.md"))
     except OSError as exc:
-        raise UsageError(f"cannot create --out folder {args.out}: {exc.strerror or exc}") from None
-    settings = SYNTHETIC_EDIT_SETTINGS.replace(steps=args.steps, eta=args.eta, target_guidance=args.target_guidance)
-    pipe = ALEEditPipeline.from_pretrained(args.model or synthetic_model_path()).to(args.device)
+        raise UsageError(f"cannot write to --out folder {args.out}: {exc.strerror or exc}") from None
     pipe.set_progress_bar_config(disable=True)
     result = run_synthetic_bench(pipe, args.edits, args.seed, configs, settings)
     md_path = os.path.join(args.out, "synthetic_bench.md")
-    with open(md_path, "w") as f:
-        f.write(result.markdown())
-    with open(os.path.join(args.out, "records.jsonl"), "w") as f:
-        f.writelines(json.dumps(record) + "\n" for record in result.records)
+    # Every file is renamed into place, so an interrupted run leaves none half-written.
+    save_text_atomic("".join(json.dumps(record) + "\n" for record in result.records), os.path.join(args.out, "records.jsonl"))
+    save_text_atomic(result.markdown(), md_path)
     save_image_atomic(result.chart(), os.path.join(args.out, "synthetic_bench.png"))
     print(result.markdown())
     print(f"wrote {md_path}, synthetic_bench.png and records.jsonl to {args.out}")

@@ -186,12 +186,9 @@ def _run_demo(args) -> int:
         raise UsageError(str(exc)) from None
     pipe = None
     if args.model is not None:
-        from ..pipeline import ALEEditPipeline
+        from ..cli import _load_pipeline
 
-        try:
-            pipe = ALEEditPipeline.from_pretrained(args.model)
-        except Exception as exc:  # noqa: BLE001 - any loading failure is the user's model argument
-            raise UsageError(f"could not load model {args.model!r}: {exc}") from None
+        pipe = _load_pipeline(args.model, "cpu")
     result = run_demo(args.out, args.seed, args.edit_type, pipe=pipe, settings=SYNTHETIC_EDIT_SETTINGS.replace(steps=args.steps))
     print(f"scene: {result.scene.caption} ({result.scene.background} background)")
     print(f"edit ({result.edit.edit_type.value}): {result.edit_text}")
