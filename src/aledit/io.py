@@ -22,32 +22,28 @@ def check_writable_dir(path: str | os.PathLike) -> None:
         raise OSError(f"output directory is not writable: {directory} ({exc.strerror or exc})") from None
 
 
-def save_image_atomic(image: Image.Image, path: str | os.PathLike) -> None:
-    """Writes ``image`` to a temporary file beside ``path`` and renames it into place, so a
-    reader never sees a half-written file."""
+def _write_atomic(path: str | os.PathLike, suffix: str, write) -> None:
+    """Calls ``write(binary_file)`` on a temporary file beside ``path``, then renames it into
+    place, so a reader never sees a half-written file."""
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    suffix = os.path.splitext(path)[1] or ".png"
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".aledit-", suffix=suffix)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".aledit-", suffix=suffix)
     try:
         with os.fdopen(fd, "wb") as f:
-            image.save(f, format=Image.registered_extensions().get(suffix.lower(), "PNG"))
+            write(f)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def save_image_atomic(image: Image.Image, path: str | os.PathLike) -> None:
+    """Writes ``image`` atomically; the format follows the extension (PNG when unknown)."""
+    suffix = os.path.splitext(os.fspath(path))[1] or ".png"
+    fmt = Image.registered_extensions().get(suffix.lower(), "PNG")
+    _write_atomic(path, suffix, lambda f: image.save(f, format=fmt))
 
 
 def save_text_atomic(text: str, path: str | os.PathLike) -> None:
-    """Writes ``text`` (UTF-8) to a temporary file beside ``path`` and renames it into place."""
-    path = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".aledit-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Writes ``text`` (UTF-8) atomically."""
+    _write_atomic(path, ".tmp", lambda f: f.write(text.encode("utf-8")))
