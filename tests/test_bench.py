@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from aledit.bench import (
@@ -544,33 +543,8 @@ def test_tiny_ale_run_resume_after_sigkill(tmp_path, tiny_bench):
 
 
 @pytest.fixture(scope="module")
-def tiny_metric_models(tokenizer):
-    from transformers import CLIPConfig, CLIPModel, ViTConfig, ViTModel
-
-    from aledit.metrics import DinoKeyExtractor, HFClipEncoder
-    from aledit.metrics.clip_score import _pil_clip_image_processor_class
-
-    torch.manual_seed(0)
-    small = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
-    clip = CLIPModel(
-        CLIPConfig(
-            text_config=dict(
-                vocab_size=len(tokenizer),
-                max_position_embeddings=77,
-                bos_token_id=49406,
-                eos_token_id=49407,
-                pad_token_id=49407,
-                **small,
-            ),
-            vision_config=dict(image_size=32, patch_size=8, **small),
-            projection_dim=16,
-        )
-    ).eval()
-    processor = _pil_clip_image_processor_class()(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    dino = ViTModel(
-        ViTConfig(image_size=32, patch_size=8, qkv_bias=True, layer_norm_eps=1e-6, **small), add_pooling_layer=False
-    )
-    return MetricModels(clip=HFClipEncoder(clip, processor, tokenizer), dino=DinoKeyExtractor(dino.eval()))
+def tiny_metric_models(tiny_clip, tiny_dino):
+    return MetricModels(clip=tiny_clip, dino=tiny_dino)
 
 
 def test_report_tables_chart_and_gallery(tmp_path, tiny_bench, tiny_metric_models, capsys):
