@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from ..edits import EditType
-from ..io import save_image_atomic
+from ..io import save_image_atomic, save_text_atomic
 from ..visualize import PALETTE
 from .dataset import MASK_SUFFIX, find_image
 from .store import STATUS_OK, ResultRow, read_results
@@ -171,12 +171,6 @@ def _csv_text(headers: Sequence[str], summary: Sequence[dict], key_cells: Callab
             [*key_cells(entry["key"]), *(repr(float(entry[c.key])) for c in COLUMNS), entry["n"], entry["failed"]]
         )
     return buffer.getvalue()
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # -- pictures --------------------------------------------------------------------------------
@@ -386,7 +380,7 @@ def write_report(
     csv_paths = []
     for title, filename, md_headers, csv_headers, summary, md_keys, csv_keys in tables:
         md += ["", f"## {title}", "", _markdown_table(md_headers, summary, md_keys)]
-        _write_text(out / filename, _csv_text(csv_headers, summary, csv_keys))
+        save_text_atomic(_csv_text(csv_headers, summary, csv_keys), out / filename)
         csv_paths.append(out / filename)
     md += ["", "## Methods", ""]
     for (method, cid), name in sorted(labels.items(), key=lambda kv: kv[1]):
@@ -399,7 +393,7 @@ def write_report(
             md.append(f"| {r.edit_id} | {label(r)} | {(r.error or '').replace('|', '/')[:200]} |")
         if len(failures) > 100:
             md.append(f"| ... | | {len(failures) - 100} more in rows.csv |")
-    _write_text(out / "report.md", "\n".join(md) + "\n")
+    save_text_atomic("\n".join(md) + "\n", out / "report.md")
 
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -438,7 +432,7 @@ def write_report(
                 r.output or "",
             ]
         )
-    _write_text(out / "rows.csv", buffer.getvalue())
+    save_text_atomic(buffer.getvalue(), out / "rows.csv")
 
     chart = out / "metrics.png"
     save_image_atomic(bar_chart(by_method, [e["key"][0] for e in by_method]), chart)
