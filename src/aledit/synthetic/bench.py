@@ -49,6 +49,7 @@ __all__ = [
     "SyntheticBenchResult",
     "bench_cases",
     "edit_case",
+    "markdown_table",
     "mean_ci",
     "paired_difference_ci",
     "register",
@@ -214,6 +215,17 @@ def edit_case(
 # Results
 
 
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A Markdown table: one header row, then ``rows`` (cells already formatted)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _titles(keys: Sequence[tuple[str, str, bool]]) -> list[str]:
+    return [f"{title} {'↑' if up else '↓'}" for _, title, up in keys]
+
+
 @dataclass(frozen=True)
 class SyntheticBenchResult:
     """Scores of every (case, configuration).
@@ -247,51 +259,36 @@ class SyntheticBenchResult:
 
     def ablation_table(self, keys: Sequence[tuple[str, str, bool]] = SCORE_KEYS) -> str:
         """Markdown: one row per configuration, mean [95% CI] of each score over all edits."""
-        header = "| config | " + " | ".join(f"{title} {'↑' if up else '↓'}" for _, title, up in keys) + " |"
-        lines = [header, "|" + "---|" * (len(keys) + 1)]
-        for config in self.configs:
-            cells = [self.summary(config, key).format() for key, _, _ in keys]
-            lines.append(f"| {config} | " + " | ".join(cells) + " |")
-        return "\n".join(lines)
+        rows = [[config, *(self.summary(config, key).format() for key, _, _ in keys)] for config in self.configs]
+        return markdown_table(["config", *_titles(keys)], rows)
 
     def object_count_table(self, keys: Sequence[tuple[str, str, bool]] = SCORE_KEYS[:4]) -> str:
         """Markdown: one row per (number of edited objects, configuration)."""
-        counts = sorted({r["n_edit"] for r in self.records})
-        header = "| objects | config | n | " + " | ".join(f"{t} {'↑' if up else '↓'}" for _, t, up in keys) + " |"
-        lines = [header, "|" + "---|" * (len(keys) + 3)]
-        for count in counts:
+        rows = []
+        for count in sorted({r["n_edit"] for r in self.records}):
             where = lambda r, c=count: r["n_edit"] == c
             for config in self.configs:
                 n = len(self.values(config, "success", where))
-                cells = [self.summary(config, key, where).format() for key, _, _ in keys]
-                lines.append(f"| {count} | {config} | {n} | " + " | ".join(cells) + " |")
-        return "\n".join(lines)
+                rows.append([str(count), config, str(n), *(self.summary(config, key, where).format() for key, _, _ in keys)])
+        return markdown_table(["objects", "config", "n", *_titles(keys)], rows)
 
     def edit_type_table(self, key: str = "success") -> str:
         """Markdown: ``key`` per edit type (rows) and configuration (columns)."""
-        lines = ["| edit type | " + " | ".join(self.configs) + " |", "|" + "---|" * (len(self.configs) + 1)]
+        rows = []
         for edit_type in EDIT_TYPES:
             where = lambda r, t=edit_type.value: r["edit_type"] == t
-            if not any(where(r) for r in self.records):
-                continue
-            cells = [self.summary(c, key, where).format(2) for c in self.configs]
-            lines.append(f"| {edit_type.value} | " + " | ".join(cells) + " |")
-        return "\n".join(lines)
+            if any(where(r) for r in self.records):
+                rows.append([edit_type.value, *(self.summary(c, key, where).format(2) for c in self.configs)])
+        return markdown_table(["edit type", *self.configs], rows)
 
     def difference_table(self, reference: str = "naive", keys=SCORE_KEYS[:4]) -> str:
         """Markdown: paired difference (config minus ``reference``) with its 95% CI."""
-        lines = [
-            "| config − " + reference + " | " + " | ".join(f"Δ {t}" for _, t, _ in keys) + " |",
-            "|" + "---|" * (len(keys) + 1),
+        rows = [
+            [config, *(paired_difference_ci(self.values(config, k), self.values(reference, k)).format() for k, _, _ in keys)]
+            for config in self.configs
+            if config != reference
         ]
-        for config in self.configs:
-            if config == reference:
-                continue
-            cells = [
-                paired_difference_ci(self.values(config, k), self.values(reference, k)).format() for k, _, _ in keys
-            ]
-            lines.append(f"| {config} | " + " | ".join(cells) + " |")
-        return "\n".join(lines)
+        return markdown_table([f"config − {reference}", *(f"Δ {t}" for _, t, _ in keys)], rows)
 
     def markdown(self) -> str:
         s = self.settings

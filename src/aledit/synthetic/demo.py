@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw
 from ..edits import EditType
 from ..io import save_image_atomic
 from ..visualize import mask_overlay, side_by_side
+from .bench import markdown_table
 from .metrics import EditScores, score_edit
 from .model import ABLATION_SWITCHES, SYNTHETIC_EDIT_SETTINGS, SyntheticEditSettings
 from .scenes import Scene, SceneEdit, random_edit, random_scene, render_edit
@@ -96,11 +97,11 @@ def _fmt(value: float, digits: int = 2) -> str:
 
 def format_scores(scores: dict[str, EditScores]) -> str:
     """A Markdown table of the demo's scores, one row per configuration."""
-    lines = ["| config | " + " | ".join(t for _, t in DEMO_KEYS) + " |", "|" + "---|" * (len(DEMO_KEYS) + 1)]
+    rows = []
     for name, s in scores.items():
         values = s.as_dict()
-        lines.append(f"| {name} | " + " | ".join(_fmt(values[k], 3) for k, _ in DEMO_KEYS) + " |")
-    return "\n".join(lines)
+        rows.append([name, *(_fmt(values[k], 3) for k, _ in DEMO_KEYS)])
+    return markdown_table(["config", *(t for _, t in DEMO_KEYS)], rows)
 
 
 def run_demo(
