@@ -33,3 +33,13 @@ def test_check_writable_dir(tmp_path):
     check_writable_dir(tmp_path / "out.png")
     with pytest.raises(OSError, match="does not exist"):
         check_writable_dir(tmp_path / "missing" / "out.png")
+
+
+def test_written_files_get_the_usual_mode(tmp_path):
+    old = os.umask(0o022)
+    try:
+        save_text_atomic("x", tmp_path / "a.md")
+        save_image_atomic(Image.new("RGB", (1, 1)), tmp_path / "a.png")
+    finally:
+        os.umask(old)
+    assert {(tmp_path / n).stat().st_mode & 0o777 for n in ("a.md", "a.png")} == {0o644}
