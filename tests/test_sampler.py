@@ -8,7 +8,7 @@ from aledit.attention import BatchLayout, EditState
 from aledit.attention.install import attention_processors
 from aledit.hooks import BackgroundBlend
 from aledit.masks import ObjectMasks
-from aledit.methods import ALEMethod
+from aledit.methods import ALEMethod, MethodContext
 from aledit.samplers import BranchLatents, VirtualInversionConfig, VirtualInversionSampler, virtual_inversion_step
 
 OFF = dict(ore=False, rgb_cam=False, background_blend=False, self_replace=0.0)
@@ -122,12 +122,13 @@ def test_target_branch_matches_diffusers_lcm_pipeline():
     config = ALEConfig(**OFF, guidance="embedded", target_guidance=3.0)
     edits = [Edit("wolf", "pink-colored wolf")]
     masks = ObjectMasks.from_sources({"wolf": mask}, ["wolf"], (64, 64))
-    state = EditState(pipe._layout(config), 4, (16, 16))
-    plan = ALEMethod(config).plan(pipe.text_encoder, pipe.tokenizer, edits, masks, state, 0.0)
+    method = ALEMethod(config)
+    state = EditState(method.guidance.layout(), 4, (16, 16))
+    plan = method.plan(MethodContext(pipe.text_encoder, pipe.tokenizer, tuple(edits), masks, state))
     sampler = VirtualInversionSampler(pipe.scheduler, VirtualInversionConfig(num_steps=4, correct_target=False))
     with attention_processors(pipe.unet, plan.choose_processor):
         latents = sampler.sample(
-            pipe._encode_image(img, 64, 64), pipe._noise_predictor(plan, state, config), state,
+            pipe._encode_image(img, 64, 64), pipe._noise_predictor(plan, state, method.guidance), state,
             generator=torch.Generator().manual_seed(7), progress=False,
         )
     assert latents.target_x0.shape == expected.shape

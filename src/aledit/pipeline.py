@@ -1,33 +1,36 @@
-"""The user-facing pipeline: ``ALEEditPipeline.from_pretrained(...)`` then ``pipe.edit(...)``.
+"""The user-facing pipeline: ``EditPipeline.from_pretrained(...)`` then ``pipe.edit(..., method=...)``.
 
-``edit`` reads top to bottom: check inputs, resolve settings, prepare masks, let the method
-plan (embeddings, processors, hooks), encode the image, run the sampler with the processors
-installed, decode, resize back to the input's size.
+The pipeline is method-agnostic. ``edit`` reads top to bottom: check inputs, resolve the method
+(:mod:`aledit.methods.registry`), prepare masks, let the method plan (row embeddings, attention
+processors, latent hooks), encode the image, let the method's sampler prepare (e.g. DDIM and
+null-text inversion, with the UNet's own processors), run the sampler with the method's
+processors installed, decode, resize back to the input's size. It never reads a method's config.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import torch
 from diffusers import AutoencoderKL, DiffusionPipeline, LCMScheduler, UNet2DConditionModel
 from diffusers.image_processor import VaeImageProcessor
 from PIL import Image
 
-from .attention.install import attention_processors
+from .attention.install import attention_processors, self_attention_order
 from .attention.state import SOURCE, TARGET, BatchLayout, EditState
-from .edits import Edit, EditError, EditType, parse_edit, self_replace_for
+from .edits import Edit, EditError, EditType, parse_edit
 from .masks.ops import MaskError, ObjectMasks
 from .masks.provider import MaskProvider
-from .methods.ale import ALEConfig, ALEMethod
-from .methods.base import EditPlan, guidance_scale_embedding
+from .methods.ale import ALEConfig
+from .methods.base import MASKS_REQUIRED, MASKS_UNUSED, EditPlan, Guidance, MethodContext, guidance_scale_embedding
+from .methods.registry import make_method, method_info
 from .samplers.base import BranchLatents
 from .samplers.virtual_inversion import VirtualInversionConfig, VirtualInversionSampler
 
-__all__ = ["ALEEditPipeline", "ALEConfig", "EditOutput", "DEFAULT_MODEL"]
+__all__ = ["EditPipeline", "ALEEditPipeline", "ALEConfig", "EditOutput", "DEFAULT_MODEL"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,30 +39,34 @@ DEFAULT_MODEL = "SimianLuo/LCM_Dreamshaper_v7"
 
 @dataclass(frozen=True)
 class EditOutput:
-    """Result of :meth:`ALEEditPipeline.edit`.
+    """Result of :meth:`EditPipeline.edit`.
 
     Attributes:
         image: the edited image, at the input image's size.
+        method: registry name of the method that made it.
         source_prompt, target_prompt: the base prompts used.
         edit_types: the (inferred or given) type of each edit.
-        self_replace: the self-attention schedule used.
-        masks: ``[N, h, w]`` bool object masks at latent resolution.
+        self_replace: the self-attention schedule used (``None`` where a method has none).
+        masks: ``[N, h, w]`` bool object masks at latent resolution (``None`` without masks).
         object_masks: ``[N, H, W]`` bool dilated object masks at the working resolution.
-        background: ``[h, w]`` bool, the region BB keeps from the source (latent resolution).
+        background: ``[h, w]`` bool, the region outside every object mask (latent resolution).
         latents: the final latents of both branches (``target_x0`` is what was decoded).
         attention_maps: ``[N, h', w']`` target cross-attention per object in [0, 1], when asked.
+        extras: method-specific results (e.g. the masks a local blend derived).
     """
 
     image: Image.Image
     source_prompt: str
     target_prompt: str
     edit_types: tuple[EditType, ...]
-    self_replace: float
-    masks: torch.Tensor
-    background: torch.Tensor
-    object_masks: torch.Tensor
+    self_replace: float | None
+    masks: torch.Tensor | None
+    background: torch.Tensor | None
+    object_masks: torch.Tensor | None
     latents: BranchLatents
     attention_maps: torch.Tensor | None = None
+    method: str = "ale"
+    extras: dict = field(default_factory=dict)
 
 
 class _Observer:
@@ -99,11 +106,14 @@ def _working_size(size, multiple: int) -> tuple[int, int]:
     return width, height
 
 
-class ALEEditPipeline(DiffusionPipeline):
-    """ALE-Edit on a Stable-Diffusion-style latent diffusion model with an LCM scheduler.
+class EditPipeline(DiffusionPipeline):
+    """Every registered editing method on a Stable-Diffusion-style latent diffusion model.
 
     Components follow the standard diffusers layout, so ``from_pretrained`` takes a hub id or a
-    local folder (default: ``SimianLuo/LCM_Dreamshaper_v7``, the paper's model).
+    local folder: an LCM checkpoint (``SimianLuo/LCM_Dreamshaper_v7``, ALE's and InfEdit's) or an
+    SD-1.x checkpoint (P2P's, MasaCtrl's, FPE's). The scheduler is rebuilt as an
+    ``LCMScheduler`` from the checkpoint's config (same noise schedule); DDIM methods read only
+    its ``alphas_cumprod``.
     """
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
@@ -123,7 +133,9 @@ class ALEEditPipeline(DiffusionPipeline):
         from .presets import TINY_RANDOM, tiny_random_components
 
         if str(pretrained_model_name_or_path) == TINY_RANDOM:
-            return cls(**tiny_random_components())
+            pipe = cls(**tiny_random_components())
+            pipe.register_to_config(_name_or_path=TINY_RANDOM)
+            return pipe
         from .synthetic.model import SYNTHETIC_TINY, synthetic_model_path
 
         if str(pretrained_model_name_or_path) == SYNTHETIC_TINY:
@@ -141,12 +153,15 @@ class ALEEditPipeline(DiffusionPipeline):
         edits: Sequence[Edit | str] | Edit | str,
         masks: dict | MaskProvider | None = None,
         *,
+        method="ale",
+        config=None,
+        options: Mapping | None = None,
         seed: int = 0,
-        steps: int = 15,
-        size: int | tuple[int, int] = 768,
-        config: ALEConfig | None = None,
+        steps: int | None = None,
+        size: int | tuple[int, int] | None = None,
         source_prompt: str | None = None,
         return_attention: bool = False,
+        inversion_cache=None,
         callback_on_step_end: Callable[[int, BranchLatents], None] | None = None,
         progress: bool = True,
     ) -> EditOutput:
@@ -156,79 +171,102 @@ class ALEEditPipeline(DiffusionPipeline):
             image: source image (PIL or path).
             edits: ``Edit`` objects or ``"source -> target"`` strings, one per object.
             masks: ``{source phrase: mask}`` (paths, PIL images, arrays of any size) or a
-                :class:`~aledit.masks.MaskProvider`.
-            seed: seed of the shared noise.
-            steps: denoising steps (paper: 15).
+                :class:`~aledit.masks.MaskProvider`. Required by ALE; optional for methods that
+                derive regions from attention (their local blend then uses the given masks);
+                see ``aledit methods``.
+            method: a registry name (``"ale"``, ``"p2p"``, ``"masactrl"``, ``"fpe"``,
+                ``"infedit"``, ...) or a method object.
+            config: the method's config dataclass (e.g. :class:`ALEConfig`), or
+            options: ``{field: value}`` changes to the method's default config.
+            seed: seed of the noise (virtual inversion) and of anything random.
+            steps: denoising steps (default: the method's paper, e.g. ALE 15, P2P 50).
             size: working resolution, an int (square) or ``(width, height)``, multiples of 8
-                (paper: 768); the result is resized back to the input's size.
-            config: method settings (:class:`ALEConfig`).
+                (default: the method's paper, ALE 768, SD-1.x methods 512); the result is
+                resized back to the input's size.
             source_prompt: optional fuller description of the source image containing every
                 source phrase (default: the source phrases joined with " and ").
             return_attention: also return averaged target cross-attention maps per object.
+            inversion_cache: a folder (or :class:`~aledit.samplers.InversionCache`) where DDIM /
+                null-text inversions are kept, so several methods on one image invert once.
             callback_on_step_end: called as ``f(step, latents)`` after each step, after the
                 method's hooks (to inspect, not to change, the latents).
         """
         # 1. check inputs
-        config = config or ALEConfig()
+        method = make_method(method, config, **dict(options or {}))
+        info = method_info(method.name) if isinstance(getattr(method, "name", None), str) else None
         image = self._load_image(image)
         edits = _as_edits(edits)
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
+        steps = steps if steps is not None else (info.default_steps if info else 15)
+        size = size if size is not None else (info.default_size if info else 768)
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
         width, height = _working_size(size, 8)
-        if masks is None:
-            raise MaskError("no masks given: pass {source phrase: mask} or a MaskProvider")
+        if masks is None and method.masks == MASKS_REQUIRED:
+            raise MaskError(
+                f"method {method.name!r} needs a mask per object: pass {{source phrase: mask}} or a MaskProvider"
+            )
+        if masks is not None and method.masks == MASKS_UNUSED:
+            logger.warning("method %r does not use masks; the given masks are ignored", method.name)
+            masks = None
         names = [e.source for e in edits]
 
         # 2. settings
-        self_replace = config.self_replace if config.self_replace is not None else self_replace_for(edits)
+        guidance = method.guidance
+        if guidance.embedded and self.unet.config.time_cond_proj_dim is None:
+            raise ValueError("embedded guidance needs a guidance-distilled UNet (time_cond_proj_dim set)")
         latent_hw = (height // self.vae_scale_factor, width // self.vae_scale_factor)
-        layout = self._layout(config)
-        state = EditState(layout=layout, num_steps=steps, latent_hw=latent_hw)
+        state = EditState(layout=guidance.layout(), num_steps=steps, latent_hw=latent_hw)
 
         # 3. masks at the working resolution
-        sources = masks(image, names) if isinstance(masks, MaskProvider) else masks
-        object_masks = ObjectMasks.from_sources(sources, names, (width, height), config.dilation_ratio)
+        object_masks = None
+        if masks is not None:
+            sources = masks(image, names) if isinstance(masks, MaskProvider) else masks
+            object_masks = ObjectMasks.from_sources(sources, names, (width, height), method.dilation_ratio)
 
         # 4. the method's plan: row embeddings, processors, hooks
         record = (max(1, latent_hw[0] // 4), max(1, latent_hw[1] // 4)) if return_attention else None
-        plan = ALEMethod(config).plan(
-            self.text_encoder,
-            self.tokenizer,
-            edits,
-            object_masks,
-            state,
-            self_replace,
-            record_attention=record,
+        ctx = MethodContext(
+            text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer,
+            edits=edits,
+            masks=object_masks,
+            state=state,
             source_prompt=source_prompt,
+            record_attention=record,
+            attention_layers=self_attention_order(self.unet.attn_processors),
         )
+        plan = method.plan(ctx)
 
-        # 5. source latent
+        # 5. source latent, and what the sampler prepares with the UNet's own processors
         x0 = self._encode_image(image, width, height)
+        sampler = method.sampler(self.scheduler, steps)
+        prepared = sampler.prepare(x0, self._unet_eps, plan, progress=progress, cache=_as_cache(inversion_cache))
 
         # 6. sample with the method's processors installed
-        sampler = VirtualInversionSampler(self.scheduler, VirtualInversionConfig(num_steps=steps, eta=config.eta))
         generator = torch.Generator(device="cpu").manual_seed(seed)
-        predict = self._noise_predictor(plan, state, config)
+        predict = self._noise_predictor(plan, state, guidance, getattr(prepared, "null_embeddings", None))
         hooks = plan.hooks
         if callback_on_step_end is not None:
             hooks = (*hooks, _Observer(callback_on_step_end))
         with attention_processors(self.unet, plan.choose_processor):
-            latents = sampler.sample(x0, predict, state, hooks, generator=generator, progress=progress)
+            latents = sampler.sample(prepared, predict, state, hooks, generator=generator, progress=progress)
 
         # 7. decode and resize back
         edited = self._decode(latents.target_x0).resize(image.size, Image.BICUBIC)
-        latent_masks = object_masks.at(latent_hw)
+        latent_masks = object_masks.at(latent_hw) if object_masks is not None else None
         return EditOutput(
             image=edited,
+            method=method.name,
             source_prompt=plan.source_prompt,
             target_prompt=plan.target_prompt,
             edit_types=tuple(e.resolved_type for e in edits),
-            self_replace=self_replace,
+            self_replace=plan.self_replace,
             masks=latent_masks,
-            background=~latent_masks.any(dim=0),
-            object_masks=object_masks.masks,
+            background=~latent_masks.any(dim=0) if latent_masks is not None else None,
+            object_masks=object_masks.masks if object_masks is not None else None,
             latents=latents,
             attention_maps=plan.recorder.maps() if plan.recorder is not None else None,
+            extras=dict(plan.extras),
         )
 
     @torch.no_grad()
@@ -256,7 +294,7 @@ class ALEEditPipeline(DiffusionPipeline):
         plan = EditPlan(row_embeddings=embeds, choose_processor=processors(state))
         x0 = self._encode_image(image, width, height)
         sampler = VirtualInversionSampler(self.scheduler, VirtualInversionConfig(num_steps=steps))
-        predict = self._noise_predictor(plan, state, ALEConfig(source_guidance=1.0, target_guidance=1.0))
+        predict = self._noise_predictor(plan, state, Guidance(source=1.0, target=1.0))
         generator = torch.Generator(device="cpu").manual_seed(seed)
         with attention_processors(self.unet, plan.choose_processor):
             return sampler.sample(x0, predict, state, (), generator=generator, progress=progress)
@@ -273,15 +311,6 @@ class ALEEditPipeline(DiffusionPipeline):
             raise TypeError(f"image must be a PIL image or a path, got {type(image).__name__}")
         return image.convert("RGB")
 
-    def _layout(self, config: ALEConfig) -> BatchLayout:
-        if config.guidance == "embedded":
-            if self.unet.config.time_cond_proj_dim is None:
-                raise ValueError("guidance='embedded' needs a guidance-distilled UNet (time_cond_proj_dim set)")
-            return BatchLayout.dual_branch(source_uncond=False, target_uncond=False)
-        return BatchLayout.dual_branch(
-            source_uncond=config.source_guidance != 1.0, target_uncond=config.target_guidance != 1.0
-        )
-
     @torch.no_grad()
     def _encode_image(self, image: Image.Image, width: int, height: int) -> torch.Tensor:
         pixels = self.image_processor.preprocess(image, height=height, width=width)
@@ -294,20 +323,35 @@ class ALEEditPipeline(DiffusionPipeline):
         pixels = self.vae.decode(latent.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
         return self.image_processor.postprocess(pixels, output_type="pil")[0]
 
-    def _noise_predictor(self, plan: EditPlan, state: EditState, config: ALEConfig):
-        """The UNet call of one step: both branches in one batch, then guidance per branch."""
+    def _unet_eps(self, x: torch.Tensor, t: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        """Plain UNet noise prediction ``[B, C, h, w]`` for ``embeddings [B, T, D]`` (what
+        inversions run on; gradients flow when the caller enables them)."""
+        embeddings = embeddings.to(self._execution_device, self.unet.dtype)
+        return self.unet(x, t, encoder_hidden_states=embeddings).sample
+
+    def _noise_predictor(self, plan: EditPlan, state: EditState, guidance: Guidance, null_embeddings=None):
+        """The UNet call of one step: both branches in one batch, then guidance per branch.
+
+        ``null_embeddings`` (null-text inversion) replace the unconditional rows' embedding at
+        each step, when the sampler passes the step index.
+        """
         layout = state.layout
         embeds = plan.row_embeddings.to(self._execution_device, self.unet.dtype)
-        scales = {SOURCE: config.source_guidance, TARGET: config.target_guidance}
+        uncond_rows = [i for i, row in enumerate(layout.rows) if not row.conditional]
+        scales = {SOURCE: guidance.source, TARGET: guidance.target}
         timestep_cond = None
-        if config.guidance == "embedded":
+        if guidance.embedded:
             w = torch.tensor([scales[row.branch] - 1.0 for row in layout.rows])
             timestep_cond = guidance_scale_embedding(w, self.unet.config.time_cond_proj_dim)
             timestep_cond = timestep_cond.to(self._execution_device, self.unet.dtype)
 
-        def predict(x_s: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor):
+        def predict(x_s: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, step: int | None = None):
+            rows = embeds
+            if null_embeddings is not None and step is not None and uncond_rows:
+                rows = embeds.clone()
+                rows[uncond_rows] = null_embeddings[step].to(rows.device, rows.dtype).reshape(rows.shape[1:])
             batch = torch.cat([x_s if row.branch == SOURCE else x_t for row in layout.rows])
-            noise = self.unet(batch, t, encoder_hidden_states=embeds, timestep_cond=timestep_cond).sample
+            noise = self.unet(batch, t, encoder_hidden_states=rows, timestep_cond=timestep_cond).sample
             guided = {}
             for branch in (SOURCE, TARGET):
                 if layout.index(branch, True) is None:  # a source-only batch: target = source
@@ -323,3 +367,20 @@ class ALEEditPipeline(DiffusionPipeline):
             return guided[SOURCE], guided[TARGET]
 
         return predict
+
+
+class ALEEditPipeline(EditPipeline):
+    """:class:`EditPipeline` whose ``edit`` runs ALE-Edit by default and takes an
+    :class:`ALEConfig` as ``config`` (the API before other methods existed; kept working)."""
+
+    @torch.no_grad()
+    def edit(self, image, edits, masks=None, *, config: ALEConfig | None = None, method="ale", **kwargs) -> EditOutput:
+        return super().edit(image, edits, masks, method=method, config=config, **kwargs)
+
+
+def _as_cache(cache):
+    if cache is None or not isinstance(cache, (str, os.PathLike)):
+        return cache
+    from .samplers.inversion_cache import InversionCache
+
+    return InversionCache(cache)

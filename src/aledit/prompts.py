@@ -15,7 +15,9 @@ __all__ = [
     "PromptError",
     "PromptTooLongError",
     "PhraseNotFoundError",
+    "EditPrompts",
     "PromptLayout",
+    "edit_prompts",
     "join_phrases",
     "layout_prompt",
     "locate_phrases",
@@ -126,3 +128,38 @@ def layout_prompt(tokenizer, prompt: str, phrases: list[str] | tuple[str, ...]) 
         spans.append((inside[0], inside[-1] + 1))
     padded = tokenizer(prompt, padding="max_length", max_length=max_length, truncation=True)["input_ids"]
     return PromptLayout(prompt=prompt, input_ids=tuple(padded), spans=tuple(spans), eos_index=n_tokens - 1)
+
+
+@dataclass(frozen=True)
+class EditPrompts:
+    """The two base prompts of an edit and where each object phrase sits in them.
+
+    Attributes:
+        source, target: the prompts.
+        source_phrases, target_phrases: one phrase per edit, in edit order.
+        source_layout, target_layout: their token layouts (one span per phrase).
+    """
+
+    source: str
+    target: str
+    source_phrases: tuple[str, ...]
+    target_phrases: tuple[str, ...]
+    source_layout: PromptLayout
+    target_layout: PromptLayout
+
+
+def edit_prompts(tokenizer, edits, source_prompt: str | None = None) -> EditPrompts:
+    """Source and target prompts of ``edits`` (objects with ``source`` / ``target`` phrases).
+
+    Default: the phrases joined with " and " (ALE appendix D). A fuller ``source_prompt`` must
+    contain every source phrase; the target prompt replaces each by its target.
+    """
+    src_phrases = tuple(e.source for e in edits)
+    tgt_phrases = tuple(e.target for e in edits)
+    if source_prompt is None:
+        src, tgt = join_phrases(src_phrases), join_phrases(tgt_phrases)
+    else:
+        src, tgt = source_prompt, substitute_phrases(source_prompt, src_phrases, tgt_phrases)
+    return EditPrompts(
+        src, tgt, src_phrases, tgt_phrases, layout_prompt(tokenizer, src, src_phrases), layout_prompt(tokenizer, tgt, tgt_phrases)
+    )

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 __all__ = ["BatchLayout", "EditState", "Row", "SOURCE", "TARGET"]
 
 SOURCE = "source"
@@ -59,6 +61,17 @@ class BatchLayout:
             if row.branch == branch and row.conditional == conditional:
                 return i
         return None
+
+    def embeddings(self, source_cond, target_cond, uncond, target_uncond=None):
+        """``[rows, T, D]``: each row's text embedding (``[T, D]`` each) in this layout's order;
+        unconditional rows take ``uncond`` (the target's ``target_uncond`` when given)."""
+        picked = []
+        for row in self.rows:
+            if row.conditional:
+                picked.append(source_cond if row.branch == SOURCE else target_cond)
+            else:
+                picked.append(target_uncond if row.branch == TARGET and target_uncond is not None else uncond)
+        return torch.stack(picked)
 
     def rows_of(self, branch: str) -> list[int]:
         return [i for i, row in enumerate(self.rows) if row.branch == branch]

@@ -15,6 +15,7 @@ authors' code does), on ``e_base`` otherwise.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -22,13 +23,13 @@ from ..attention.install import is_cross_attention, is_self_attention
 from ..attention.mutual_self import MutualSelfAttentionProcessor
 from ..attention.recorder import AttentionRecorder
 from ..attention.region_cross import RegionGuidance, RegionGuidedCrossAttentionProcessor
-from ..attention.state import SOURCE, EditState
-from ..edits import Edit
+from ..edits import self_replace_for
 from ..hooks.background_blend import BackgroundBlend
-from ..masks.ops import ObjectMasks
 from ..ore import encode_prompts, restrict_embeddings
-from ..prompts import join_phrases, layout_prompt, substitute_phrases
-from .base import EditPlan
+from ..prompts import edit_prompts, layout_prompt
+from ..samplers.virtual_inversion import VirtualInversionConfig, VirtualInversionSampler
+from .base import MASKS_REQUIRED, EditPlan, Guidance, MethodContext, check_fraction, check_number
+from .registry import LCM_DREAMSHAPER, MethodInfo, register
 
 __all__ = ["ALEConfig", "ALEMethod"]
 
@@ -65,59 +66,77 @@ class ALEConfig:
     def __post_init__(self):
         if self.guidance not in ("cfg", "embedded"):
             raise ValueError(f"guidance must be 'cfg' or 'embedded', got {self.guidance!r}")
-        if self.self_replace is not None and not 0.0 <= self.self_replace <= 1.0:
-            raise ValueError(f"self_replace must be in [0, 1], got {self.self_replace}")
+        if self.self_replace is not None:
+            check_fraction("self_replace", self.self_replace)
+        check_number("source_guidance", self.source_guidance, 0.0)
+        check_number("target_guidance", self.target_guidance, 0.0)
+        check_number("dilation_ratio", self.dilation_ratio, 0.0, 1.0)
+        check_number("masked_logit", self.masked_logit, None, 0.0)
+        check_number("eta", self.eta, 0.0, 1.0)
+
+
+@register(
+    MethodInfo(
+        name="ale",
+        title="ALE-Edit",
+        paper="Mun et al., Addressing Attribute Leakages in Diffusion-based Image Editing without Training",
+        config_class=ALEConfig,
+        default_model=LCM_DREAMSHAPER,
+        default_steps=15,
+        default_size=768,
+        sampler="virtual inversion (LCM)",
+        summary="ORE + RGB-CAM + background blending; needs a mask per object",
+    )
+)
 
 
 class ALEMethod:
-    """Builds the :class:`EditPlan` of an ALE edit."""
+    """Builds the :class:`EditPlan` of an ALE edit on the virtual-inversion sampler."""
+
+    name: ClassVar[str] = "ale"
+    masks: ClassVar[str] = MASKS_REQUIRED
 
     def __init__(self, config: ALEConfig = ALEConfig()):
         self.config = config
 
-    def plan(
-        self,
-        text_encoder,
-        tokenizer,
-        edits: list[Edit] | tuple[Edit, ...],
-        masks: ObjectMasks,
-        state: EditState,
-        self_replace: float,
-        record_attention: tuple[int, int] | None = None,
-        source_prompt: str | None = None,
-    ) -> EditPlan:
-        """Args:
-        masks: dilated source-object masks at the working resolution, in edit order.
-        state: the call's shared state (its layout decides the rows).
-        record_attention: ``(h, w)`` to record the target's per-object attention maps at.
-        source_prompt: a fuller description of the source image that contains every source
-            phrase; the target prompt replaces each by its target. Default: the phrases joined
-            with " and " (appendix D).
+    @property
+    def guidance(self) -> Guidance:
+        cfg = self.config
+        return Guidance(cfg.source_guidance, cfg.target_guidance, embedded=cfg.guidance == "embedded")
+
+    @property
+    def dilation_ratio(self) -> float:
+        return self.config.dilation_ratio
+
+    def sampler(self, scheduler, num_steps: int) -> VirtualInversionSampler:
+        return VirtualInversionSampler(scheduler, VirtualInversionConfig(num_steps=num_steps, eta=self.config.eta))
+
+    def plan(self, ctx: MethodContext) -> EditPlan:
+        """Row embeddings (ORE), RGB-CAM and mutual self-attention processors, BB hook.
+
+        The source prompt defaults to the phrases joined with " and " (appendix D); a fuller
+        ``ctx.source_prompt`` must contain every source phrase, and the target prompt replaces
+        each by its target.
         """
         cfg = self.config
-        src_phrases = [e.source for e in edits]
-        tgt_phrases = [e.target for e in edits]
-        if source_prompt is None:
-            src_prompt, tgt_prompt = join_phrases(src_phrases), join_phrases(tgt_phrases)
-        else:
-            src_prompt = source_prompt
-            tgt_prompt = substitute_phrases(source_prompt, src_phrases, tgt_phrases)
-        src_layout = layout_prompt(tokenizer, src_prompt, src_phrases)
-        tgt_layout = layout_prompt(tokenizer, tgt_prompt, tgt_phrases)
+        edits, masks, state, tokenizer = ctx.edits, ctx.masks, ctx.state, ctx.tokenizer
+        self_replace = cfg.self_replace if cfg.self_replace is not None else self_replace_for(edits)
+        prompts = edit_prompts(tokenizer, edits, ctx.source_prompt)
+        src_phrases, tgt_phrases = prompts.source_phrases, prompts.target_phrases
 
         # One batched text-encoder call: base prompts, object phrases (ORE only), empty prompt.
-        prompts = [tgt_prompt, src_prompt, ""]
+        texts = [prompts.target, prompts.source, ""]
         if cfg.ore:
-            prompts += tgt_phrases + src_phrases
-        encoded = encode_prompts(text_encoder, tokenizer, prompts)
+            texts += list(tgt_phrases) + list(src_phrases)
+        encoded = encode_prompts(ctx.text_encoder, tokenizer, texts)
         e_tgt, e_src, e_uncond = encoded[0], encoded[1], encoded[2]
         n = len(edits)
         if cfg.ore:
             tgt_ore = restrict_embeddings(
-                e_tgt, encoded[3 : 3 + n], tgt_layout, [layout_prompt(tokenizer, p, [p]) for p in tgt_phrases]
+                e_tgt, encoded[3 : 3 + n], prompts.target_layout, [layout_prompt(tokenizer, p, [p]) for p in tgt_phrases]
             )
             src_ore = restrict_embeddings(
-                e_src, encoded[3 + n :], src_layout, [layout_prompt(tokenizer, p, [p]) for p in src_phrases]
+                e_src, encoded[3 + n :], prompts.source_layout, [layout_prompt(tokenizer, p, [p]) for p in src_phrases]
             )
             source_cond = src_ore.base_restricted
             values = torch.cat([tgt_ore.base_restricted[None], tgt_ore.objects])
@@ -128,21 +147,15 @@ class ALEMethod:
             target_cond = e_tgt  # keys from the unmodified base embedding (Algorithm 2, line 2)
         else:
             target_cond = values[0]
-
-        rows = []
-        for row in state.layout.rows:
-            if not row.conditional:
-                rows.append(e_uncond)
-            else:
-                rows.append(source_cond if row.branch == SOURCE else target_cond)
-        row_embeddings = torch.stack(rows)
+        row_embeddings = state.layout.embeddings(source_cond, target_cond, e_uncond)
 
         guidance = (
-            RegionGuidance(masks.masks, tgt_layout.spans, values, masked_logit=cfg.masked_logit)
+            RegionGuidance(masks.masks, prompts.target_layout.spans, values, masked_logit=cfg.masked_logit)
             if cfg.rgb_cam
             else None
         )
-        recorder = AttentionRecorder(tgt_layout.spans, record_attention) if record_attention else None
+        record = ctx.record_attention
+        recorder = AttentionRecorder(prompts.target_layout.spans, record) if record else None
 
         def choose(name, current):
             if is_self_attention(name):
@@ -159,6 +172,9 @@ class ALEMethod:
             choose_processor=choose,
             hooks=hooks,
             recorder=recorder,
-            source_prompt=src_prompt,
-            target_prompt=tgt_prompt,
+            source_prompt=prompts.source,
+            target_prompt=prompts.target,
+            inversion_embedding=e_src,
+            uncond_embedding=e_uncond,
+            self_replace=self_replace,
         )

@@ -1,8 +1,13 @@
-"""What a method hands the sampler: text embeddings per batch row, processors, latent hooks.
+"""What every editing method shares: its guidance, its context, the plan it hands the sampler.
 
-A method (ALE, and later P2P, MasaCtrl, ...) is a composition of the parts in
-:mod:`aledit.attention`, :mod:`aledit.hooks` and :mod:`aledit.ore`; it returns an
-:class:`EditPlan` and the pipeline runs it on a sampler.
+A method (ALE, P2P, MasaCtrl, FPE, InfEdit, ...) is a frozen config dataclass plus a small class
+that *composes* the parts in :mod:`aledit.attention`, :mod:`aledit.hooks` and :mod:`aledit.ore`.
+The pipeline asks it four things and never reads its config:
+
+* :attr:`EditMethod.guidance`: classifier-free guidance of each branch (decides the batch rows);
+* :meth:`EditMethod.sampler`: the sampler it runs on (virtual inversion, DDIM inversion + loop);
+* :meth:`EditMethod.plan`: row embeddings, attention processors, latent hooks (:class:`EditPlan`);
+* :attr:`EditMethod.dilation_ratio`: how much the pipeline dilates given masks.
 """
 
 from __future__ import annotations
@@ -10,13 +15,79 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 
 from ..attention.recorder import AttentionRecorder
+from ..attention.state import BatchLayout, EditState
+from ..edits import Edit
+from ..masks.ops import ObjectMasks
 from ..samplers.base import LatentHook
 
-__all__ = ["EditPlan", "guidance_scale_embedding"]
+__all__ = [
+    "EditMethod",
+    "EditPlan",
+    "Guidance",
+    "MASKS_OPTIONAL",
+    "MASKS_REQUIRED",
+    "MASKS_UNUSED",
+    "MethodContext",
+    "check_fraction",
+    "check_number",
+    "guidance_scale_embedding",
+]
+
+# How a method uses object masks (``EditMethod.masks``).
+MASKS_REQUIRED = "required"  # needs one per edited object (given, or found by a provider)
+MASKS_OPTIONAL = "optional"  # uses given masks (e.g. for its local blend); derives its own otherwise
+MASKS_UNUSED = "unused"  # never looks at masks
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """Classifier-free guidance of the two branches.
+
+    A branch with scale 1 needs no unconditional row, so the batch of one step holds 2 to 4
+    rows (:meth:`layout`). ``embedded`` feeds LCM's guidance embedding instead of unconditional
+    rows (guidance-distilled UNets only).
+    """
+
+    source: float = 1.0
+    target: float = 7.5
+    embedded: bool = False
+
+    def layout(self) -> BatchLayout:
+        if self.embedded:
+            return BatchLayout.dual_branch(source_uncond=False, target_uncond=False)
+        return BatchLayout.dual_branch(source_uncond=self.source != 1.0, target_uncond=self.target != 1.0)
+
+
+@dataclass(frozen=True)
+class MethodContext:
+    """What the pipeline hands :meth:`EditMethod.plan` for one edit.
+
+    Attributes:
+        text_encoder, tokenizer: the pipeline's CLIP text model and tokenizer.
+        edits: one :class:`~aledit.edits.Edit` per object, types resolved.
+        masks: dilated object masks at the working resolution, in edit order (``None`` when the
+            user gave none and the method does not require them).
+        state: the call's shared state (its layout decides the rows).
+        source_prompt: a fuller description of the source image containing every source phrase,
+            or ``None`` (the phrases joined with " and ").
+        record_attention: ``(h, w)`` to record the target's per-object cross-attention at.
+        attention_layers: names of the UNet's self-attention processors in forward order
+            (down, mid, up), for methods that pick layers by index (MasaCtrl).
+    """
+
+    text_encoder: Any
+    tokenizer: Any
+    edits: tuple[Edit, ...]
+    masks: ObjectMasks | None
+    state: EditState
+    source_prompt: str | None = None
+    record_attention: tuple[int, int] | None = None
+    attention_layers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -31,6 +102,13 @@ class EditPlan:
         hooks: latent hooks run after each step, in order.
         recorder: collects cross-attention maps per object, if asked for.
         source_prompt, target_prompt: the base prompts of the two branches.
+        inversion_embedding: ``[T, D]`` the prompt embedding a DDIM inversion runs with (the
+            source prompt, or the empty prompt for MasaCtrl's official setting); unused by the
+            virtual-inversion sampler.
+        uncond_embedding: ``[T, D]`` the empty prompt's embedding (null-text inversion starts
+            from it).
+        self_replace: the self-attention schedule used (reported in the output), if any.
+        extras: method-specific results to return (e.g. masks a blend derived).
     """
 
     row_embeddings: torch.Tensor
@@ -39,7 +117,37 @@ class EditPlan:
     recorder: AttentionRecorder | None = None
     source_prompt: str = ""
     target_prompt: str = ""
+    inversion_embedding: torch.Tensor | None = None
+    uncond_embedding: torch.Tensor | None = None
+    self_replace: float | None = None
     extras: dict = field(default_factory=dict)
+
+
+@runtime_checkable
+class EditMethod(Protocol):
+    """The interface the pipeline sees. Implementations: :mod:`aledit.methods`.
+
+    Attributes:
+        name: registry name (``"ale"``, ``"p2p"``, ...).
+        config: the method's frozen config dataclass.
+        masks: :data:`MASKS_REQUIRED`, :data:`MASKS_OPTIONAL` or :data:`MASKS_UNUSED`.
+        guidance: guidance of both branches.
+        dilation_ratio: dilation the pipeline applies to given masks (ratio of the longer side).
+    """
+
+    name: ClassVar[str]
+    masks: ClassVar[str]
+    config: Any
+
+    @property
+    def guidance(self) -> Guidance: ...
+
+    @property
+    def dilation_ratio(self) -> float: ...
+
+    def sampler(self, scheduler, num_steps: int): ...
+
+    def plan(self, ctx: MethodContext) -> EditPlan: ...
 
 
 def guidance_scale_embedding(w: torch.Tensor, dim: int) -> torch.Tensor:
@@ -53,3 +161,21 @@ def guidance_scale_embedding(w: torch.Tensor, dim: int) -> torch.Tensor:
     if dim % 2 == 1:
         emb = torch.nn.functional.pad(emb, (0, 1))
     return emb
+
+
+def check_number(name: str, value, low: float | None = None, high: float | None = None, *, integer: bool = False) -> None:
+    """Raises ``ValueError`` unless ``value`` is a finite number in ``[low, high]`` (an int when
+    ``integer``); config dataclasses call it from ``__post_init__``."""
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        raise ValueError(f"{name} must be {'an integer' if integer else 'a number'}, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"[{'-inf' if low is None else format(low, 'g')}, {'inf' if high is None else format(high, 'g')}]"
+        raise ValueError(f"{name} must be in {bounds}, got {value}")
+
+
+def check_fraction(name: str, value) -> None:
+    """A window boundary or schedule: a finite number in [0, 1]."""
+    check_number(name, value, 0.0, 1.0)

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
-__all__ = ["BranchLatents", "LatentHook", "NoisePredictor"]
+__all__ = ["BranchLatents", "LatentHook", "NoisePredictor", "Sampler"]
 
 
 @dataclass(frozen=True)
@@ -45,3 +45,18 @@ class LatentHook(Protocol):
 
 # (source latent, target latent, timestep) -> (guided source noise, guided target noise)
 NoisePredictor = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+class Sampler(Protocol):
+    """What the pipeline runs: ``prepare`` once with the UNet's own processors (e.g. a DDIM or
+    null-text inversion of ``x0``), then ``sample`` with the method's processors installed.
+
+    ``unet_eps(x [B, C, h, w], t, embeddings [B, T, D]) -> eps`` is the plain UNet; ``plan`` is
+    the method's :class:`~aledit.methods.base.EditPlan` (its ``inversion_embedding`` and
+    ``uncond_embedding``); ``cache`` an optional inversion cache. ``predict_noise`` may be
+    called with a fourth argument, the step index (null-text inversion's per-step embedding).
+    """
+
+    def prepare(self, x0: torch.Tensor, unet_eps, plan, *, progress: bool = True, cache=None) -> Any: ...
+
+    def sample(self, prepared: Any, predict_noise, state, hooks=(), generator=None, progress: bool = True) -> BranchLatents: ...

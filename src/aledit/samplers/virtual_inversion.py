@@ -101,6 +101,10 @@ class VirtualInversionSampler:
         self.scheduler.set_timesteps(self.config.num_steps, device=device, **kwargs)
         return self.scheduler.timesteps
 
+    def prepare(self, x0: torch.Tensor, unet_eps=None, plan=None, *, progress: bool = True, cache=None) -> torch.Tensor:
+        """Nothing to prepare: virtual inversion needs no inversion. Returns ``x0``."""
+        return x0
+
     @torch.no_grad()
     def sample(
         self,
