@@ -28,7 +28,8 @@ from ..hooks.background_blend import BackgroundBlend
 from ..ore import encode_prompts, restrict_embeddings
 from ..prompts import edit_prompts, layout_prompt
 from ..samplers.virtual_inversion import VirtualInversionConfig, VirtualInversionSampler
-from .base import MASKS_REQUIRED, EditPlan, Guidance, MethodContext, check_fraction, check_number
+from ..validation import check_fraction, check_number
+from .base import MASKS_REQUIRED, EditPlan, Guidance, MethodContext
 from .registry import LCM_DREAMSHAPER, MethodInfo, register
 
 __all__ = ["ALEConfig", "ALEMethod"]

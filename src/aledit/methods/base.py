@@ -24,6 +24,7 @@ from ..attention.state import BatchLayout, EditState
 from ..edits import Edit
 from ..masks.ops import ObjectMasks
 from ..samplers.base import LatentHook
+from ..validation import check_fraction, check_number  # noqa: F401  (re-exported for method configs)
 
 __all__ = [
     "EditMethod",
@@ -33,8 +34,6 @@ __all__ = [
     "MASKS_REQUIRED",
     "MASKS_UNUSED",
     "MethodContext",
-    "check_fraction",
-    "check_number",
     "guidance_scale_embedding",
 ]
 
@@ -162,20 +161,3 @@ def guidance_scale_embedding(w: torch.Tensor, dim: int) -> torch.Tensor:
         emb = torch.nn.functional.pad(emb, (0, 1))
     return emb
 
-
-def check_number(name: str, value, low: float | None = None, high: float | None = None, *, integer: bool = False) -> None:
-    """Raises ``ValueError`` unless ``value`` is a finite number in ``[low, high]`` (an int when
-    ``integer``); config dataclasses call it from ``__post_init__``."""
-    kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds):
-        raise ValueError(f"{name} must be {'an integer' if integer else 'a number'}, got {value!r}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    if (low is not None and value < low) or (high is not None and value > high):
-        bounds = f"[{'-inf' if low is None else format(low, 'g')}, {'inf' if high is None else format(high, 'g')}]"
-        raise ValueError(f"{name} must be in {bounds}, got {value}")
-
-
-def check_fraction(name: str, value) -> None:
-    """A window boundary or schedule: a finite number in [0, 1]."""
-    check_number(name, value, 0.0, 1.0)
