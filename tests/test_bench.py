@@ -401,9 +401,9 @@ def test_method_registry(monkeypatch):
         return fake("test-shift", steps=settings.steps)
 
     assert build_method("test-shift", MethodSettings(steps=3)).config == {"kind": "shift", "steps": 3}
-    with pytest.raises(MethodSetupError, match="unknown method 'p2p'; available: .*ale"):
-        build_method("p2p", MethodSettings())
-    with pytest.raises(MethodSetupError, match="takes no option colour"):
+    with pytest.raises(MethodSetupError, match="unknown method 'no-such'; available: .*ale"):
+        build_method("no-such", MethodSettings())
+    with pytest.raises(MethodSetupError, match="takes no option 'colour'"):
         build_method("ale", MethodSettings(model="tiny-random", options={"colour": 1}))
     with pytest.raises(ValueError, match="already registered"):
         register_method("test-shift", lambda s: None)

@@ -1,4 +1,5 @@
-"""Command line: ``aledit edit IMAGE --edit "wolf -> pink-colored wolf" --mask wolf=wolf.png``.
+"""Command line: ``aledit edit IMAGE --edit "wolf -> pink-colored wolf" --mask wolf=wolf.png
+[--method ale|p2p|masactrl|fpe|infedit]``, ``aledit masks``, ``aledit methods``.
 
 User mistakes end with one line on stderr (``aledit: error: ...``) and exit code 2; nothing is
 written unless the whole edit succeeded (outputs are renamed into place).
@@ -11,20 +12,28 @@ import logging
 import os
 import sys
 
-__all__ = ["main"]
+from .commands import (
+    UsageError,
+    add_method_options,
+    add_provider_options,
+    check_image,
+    load_pipeline,
+    mask_provider,
+    method_from_args,
+    run_parser,
+)
+
+__all__ = ["main", "UsageError"]
 
 logger = logging.getLogger("aledit")
-
-
-class UsageError(Exception):
-    """A mistake in what the user asked for; reported as one line."""
 
 
 def _add_edit_parser(sub) -> None:
     p = sub.add_parser(
         "edit",
         help="edit objects of an image",
-        description="Edit the named objects of IMAGE and nothing else (ALE-Edit).",
+        description="Edit the named objects of IMAGE and nothing else, with any registered method "
+        "(ALE-Edit by default; `aledit methods` lists them with their options).",
     )
     p.add_argument("image", help="source image")
     p.add_argument(
@@ -37,43 +46,22 @@ def _add_edit_parser(sub) -> None:
         "mask provider finds the objects",
     )
     p.add_argument("--out", required=True, help="where to write the edited image (PNG/JPEG)")
-    p.add_argument("--model", default=None, help="hub id or local folder (default SimianLuo/LCM_Dreamshaper_v7); 'tiny-random' runs offline")
+    p.add_argument(
+        "--model", default=None,
+        help="hub id or local folder (default: the method's, e.g. SimianLuo/LCM_Dreamshaper_v7 for ale); "
+        "'tiny-random' and 'synthetic-tiny' run offline",
+    )
     p.add_argument("--prompt", default=None, help="optional fuller description of the source image containing every source phrase")
-    p.add_argument("--steps", type=int, default=15, help="denoising steps (default 15)")
-    p.add_argument("--size", type=int, default=768, help="working resolution, multiple of 8 (default 768)")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the method's, ale 15, p2p 50)")
+    p.add_argument("--size", type=int, default=None, help="working resolution, multiple of 8 (default: the method's, ale 768, p2p 512)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--self-replace", type=float, default=None, help="self-attention schedule in [0, 1] (default: by edit type)")
-    p.add_argument("--dilation", type=float, default=0.01, help="mask dilation, ratio of the image side (default 0.01)")
-    p.add_argument("--target-guidance", type=float, default=2.0)
-    p.add_argument("--source-guidance", type=float, default=1.0)
-    p.add_argument("--no-ore", action="store_true", help="switch off Object-Restricted Embeddings")
-    p.add_argument("--no-rgb-cam", action="store_true", help="switch off region-guided cross-attention masking")
-    p.add_argument("--no-bb", action="store_true", help="switch off background blending")
+    add_method_options(p)
+    p.add_argument("--inversion-cache", default=None, metavar="DIR", help="keep DDIM / null-text inversions here for reuse")
     p.add_argument("--side-by-side", action="store_true", help="also write OUT_side_by_side.png: source | masks | edit")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--save-masks", default=None, metavar="DIR", help="write the masks the edit used (PNG per object + overlay)")
-    _add_provider_options(p, "--mask-provider")
+    add_provider_options(p, "--mask-provider")
     p.set_defaults(run=_run_edit)
-
-
-def _add_provider_options(p, flag: str) -> None:
-    p.add_argument(
-        flag, dest="provider", choices=("grounded-sam", "attention"), default="grounded-sam",
-        help="how to find objects without a mask: grounded-sam (GroundingDINO + SAM, the paper's) or "
-        "attention (clusters of the editing model's own attention, no extra model)",
-    )
-    p.add_argument("--box-threshold", type=float, default=0.45, help="grounded-sam: detector box score threshold")
-    p.add_argument("--text-threshold", type=float, default=0.40, help="grounded-sam: detector text score threshold")
-    p.add_argument("--detector", default=None, help="grounded-sam: GroundingDINO hub id or folder")
-    p.add_argument("--segmenter", default=None, help="grounded-sam: SAM hub id or folder")
-    p.add_argument("--attention-threshold", type=float, default=0.2, help="attention: cluster agreement threshold (DPL's TH)")
-    p.add_argument("--mask-cache", default=_default_cache(), metavar="DIR", help="where found masks are cached")
-    p.add_argument("--no-mask-cache", action="store_true", help="always recompute found masks")
-
-
-def _default_cache() -> str:
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(root, "aledit", "masks")
 
 
 def _add_masks_parser(sub) -> None:
@@ -88,7 +76,7 @@ def _add_masks_parser(sub) -> None:
     p.add_argument("--model", default=None, help="attention provider: the diffusion model (hub id, folder, tiny-random)")
     p.add_argument("--size", type=int, default=512, help="attention provider: working resolution")
     p.add_argument("--device", default=None)
-    _add_provider_options(p, "--provider")
+    add_provider_options(p, "--provider")
     p.set_defaults(run=_run_masks)
 
 
@@ -102,19 +90,6 @@ def _parse_masks(items: list[str]) -> dict[str, str]:
     return masks
 
 
-def _check_image(path: str):
-    from PIL import Image, UnidentifiedImageError
-
-    if not os.path.isfile(path):
-        raise UsageError(f"image not found: {path}")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return im.convert("RGB")
-    except (UnidentifiedImageError, OSError) as exc:
-        raise UsageError(f"image is not readable: {path} ({exc})") from None
-
-
 def _run_edit(args) -> int:
     from .edits import EditError, parse_edit
     from .io import check_writable_dir
@@ -126,7 +101,7 @@ def _run_edit(args) -> int:
         edits = [parse_edit(text) for text in args.edit]
     except EditError as exc:
         raise UsageError(str(exc)) from None
-    image = _check_image(args.image)
+    image = check_image(args.image)
     masks = _parse_masks(args.mask)
     if masks:
         missing = [e.source for e in edits if e.source not in masks]
@@ -148,115 +123,52 @@ def _run_edit(args) -> int:
             check_writable_dir(os.path.join(args.save_masks, "overlay.png"))
     except OSError as exc:
         raise UsageError(str(exc)) from None
-    if args.size <= 0 or args.size % 8:
+    if args.size is not None and (args.size <= 0 or args.size % 8):
         raise UsageError(f"--size must be a positive multiple of 8, got {args.size}")
-    if args.steps < 1:
+    if args.steps is not None and args.steps < 1:
         raise UsageError(f"--steps must be >= 1, got {args.steps}")
+    method, options = method_from_args(args)
 
     from .io import save_image_atomic
     from .masks.ops import MaskError
-    from .pipeline import ALEConfig
+    from .methods.base import MASKS_REQUIRED
+    from .methods.registry import method_info
     from .prompts import PromptError
     from .visualize import mask_overlay, side_by_side
 
-    try:
-        config = ALEConfig(
-            ore=not args.no_ore,
-            rgb_cam=not args.no_rgb_cam,
-            background_blend=not args.no_bb,
-            self_replace=args.self_replace,
-            source_guidance=args.source_guidance,
-            target_guidance=args.target_guidance,
-            dilation_ratio=args.dilation,
-        )
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-
-    pipe = _load_pipeline(args.model, args.device)
-    provider = masks or _mask_provider(args, pipe)
+    uses_masks = method_info(method).masks
+    if args.save_masks and uses_masks != MASKS_REQUIRED and not masks and args.provider is None:
+        raise UsageError(f"--save-masks: method {method!r} finds no masks; give --mask or --mask-provider")
+    pipe = load_pipeline(args.model, args.device, method)
+    provider = masks or None
+    if provider is None and (uses_masks == MASKS_REQUIRED or args.provider is not None):
+        provider = mask_provider(args, pipe)
     try:
         result = pipe.edit(
-            image, edits, provider, seed=args.seed, steps=args.steps, size=args.size, config=config,
-            source_prompt=args.prompt,
+            image, edits, provider, method=method, options=options, seed=args.seed, steps=args.steps,
+            size=args.size, source_prompt=args.prompt, inversion_cache=args.inversion_cache,
         )
     except (EditError, MaskError, PromptError) as exc:
         raise UsageError(str(exc).replace("\n", " ")) from None
-    if args.save_masks:
+    if args.save_masks and result.object_masks is not None:
         _write_masks(args.save_masks, image, [e.source for e in edits], result.object_masks)
 
     outputs = [(result.image, args.out)]
     if args.side_by_side:
         stem, _ = os.path.splitext(args.out)
         names = [e.source for e in edits]
-        picture = side_by_side(
-            [image, mask_overlay(image, result.object_masks, names), result.image],
-            ["source", "masks", "edit: " + "; ".join(f"{e.source} -> {e.target}" for e in edits)],
-        )
+        panels, titles = [image], ["source"]
+        if result.object_masks is not None:
+            panels.append(mask_overlay(image, result.object_masks, names))
+            titles.append("masks")
+        panels.append(result.image)
+        titles.append(f"{method}: " + "; ".join(f"{e.source} -> {e.target}" for e in edits))
+        picture = side_by_side(panels, titles)
         outputs.append((picture, stem + "_side_by_side.png"))
     for picture, path in outputs:
         save_image_atomic(picture, path)
         print(f"wrote {path}")
     return 0
-
-
-def _load_pipeline(model: str | None, device: str | None):
-    import torch
-
-    from .pipeline import DEFAULT_MODEL, ALEEditPipeline
-
-    model = model or DEFAULT_MODEL
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    # A path that does not exist would otherwise be tried as a hub id, with a confusing error.
-    if str(model).startswith(("/", "./", "../", "~")) and not os.path.isdir(os.path.expanduser(model)):
-        raise UsageError(f"model folder does not exist: {model}")
-    logger.info("loading %s on %s", model, device)
-    try:
-        return ALEEditPipeline.from_pretrained(model).to(device)
-    except Exception as exc:  # any loading failure is the user's model argument or network
-        raise UsageError(f"could not load model {model!r}: {_first_line(exc)}") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _mask_provider(args, pipe=None):
-    """The provider the options ask for, cached on disk unless --no-mask-cache."""
-    from .masks import CachedMaskProvider
-
-    if args.provider == "attention":
-        from .masks.attention import AttentionMasks
-
-        if pipe is None:
-            pipe = _load_pipeline(args.model, args.device)
-        provider = AttentionMasks(pipe, threshold=args.attention_threshold, size=getattr(args, "size", 512))
-        key_parts = {"model": args.model or "default"}
-    else:
-        from .masks import GroundedSAM
-        from .masks.grounded_sam import DEFAULT_DETECTOR, DEFAULT_SEGMENTER
-
-        logger.info("loading Grounded-SAM")
-        try:
-            provider = GroundedSAM.from_pretrained(
-                args.detector or DEFAULT_DETECTOR,
-                args.segmenter or DEFAULT_SEGMENTER,
-                device=args.device,
-                box_threshold=args.box_threshold,
-                text_threshold=args.text_threshold,
-            )
-        except Exception as exc:
-            raise UsageError(
-                f"could not load Grounded-SAM ({_first_line(exc)}); give masks with --mask or use "
-                "--mask-provider attention, which needs no extra model"
-            ) from None
-        key_parts = None
-    if args.no_mask_cache:
-        return provider
-    try:
-        return CachedMaskProvider(provider, args.mask_cache, key_parts=key_parts)
-    except OSError as exc:
-        raise UsageError(str(exc)) from None
 
 
 def _safe_name(phrase: str) -> str:
@@ -290,18 +202,56 @@ def _run_masks(args) -> int:
     names = [" ".join(o.split()) for o in args.object]
     if any(not n for n in names):
         raise UsageError("an --object phrase is empty")
-    image = _check_image(args.image)
+    image = check_image(args.image)
     try:
         os.makedirs(args.out, exist_ok=True)
         check_writable_dir(os.path.join(args.out, "overlay.png"))
     except OSError as exc:
         raise UsageError(str(exc).replace("output directory", "--out folder")) from None
-    provider = _mask_provider(args)
+    provider = mask_provider(args)
     try:
         found = provider(image, names)
     except MaskError as exc:
         raise UsageError(str(exc).replace("\n", " ")) from None
     _write_masks(args.out, image, names, torch.stack([found[n] for n in names]))
+    return 0
+
+
+def _add_methods_parser(sub) -> None:
+    p = sub.add_parser(
+        "methods",
+        help="list the editing methods, their papers, default models and options",
+        description="List every registered editing method; with NAME, its options and their defaults.",
+    )
+    p.add_argument("name", nargs="?", default=None, help="show one method's options")
+    p.set_defaults(run=_run_methods)
+
+
+def _run_methods(args) -> int:
+    from .methods.registry import MethodError, available_methods, describe_option, method_info
+
+    if args.name is None:
+        print("| method | title | paper | default model | steps | size | sampler | masks |")
+        print("|---|---|---|---|---|---|---|---|")
+        for name in available_methods():
+            info = method_info(name)
+            print(
+                f"| {name} | {info.title} | {info.paper} | {info.default_model} | {info.default_steps} "
+                f"| {info.default_size} | {info.sampler} | {info.masks} |"
+            )
+        print("\n`aledit methods NAME` lists a method's options (`--option KEY=VALUE`).")
+        return 0
+    try:
+        info = method_info(args.name)
+    except MethodError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"{info.name}: {info.title} ({info.paper})")
+    print(f"  {info.summary}")
+    print(f"  default model {info.default_model}, {info.default_steps} steps at {info.default_size}px, "
+          f"sampler: {info.sampler}, masks: {info.masks}")
+    print("  options (--option KEY=VALUE):")
+    for key, value in info.defaults().items():
+        print(f"    {key} = {describe_option(value)}")
     return 0
 
 
@@ -312,7 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     _add_edit_parser(sub)
     _add_masks_parser(sub)
-    from .bench.cli import register as register_bench  # lazy: bench.cli imports UsageError from here
+    _add_methods_parser(sub)
+    from .bench.cli import register as register_bench
 
     register_bench(sub)
     from .synthetic.demo import register as register_demo
@@ -321,34 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _quiet_libraries() -> None:
-    """Keeps stderr for our progress bar and errors: no weight-loading bars from transformers."""
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-    except Exception:  # transformers missing or changed: its bars are only cosmetic
-        pass
-
-
 def main(argv: list[str] | None = None) -> int:
     return run_parser(build_parser(), argv)
-
-
-def run_parser(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
-    """Parses ``argv`` and runs the chosen command; user mistakes become one line and exit 2."""
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s", force=True)
-    if not args.verbose:
-        _quiet_libraries()
-    try:
-        return args.run(args)
-    except UsageError as exc:
-        print(f"aledit: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("aledit: interrupted; nothing written", file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":

@@ -240,7 +240,7 @@ class EditPipeline(DiffusionPipeline):
         # 5. source latent, and what the sampler prepares with the UNet's own processors
         x0 = self._encode_image(image, width, height)
         sampler = method.sampler(self.scheduler, steps)
-        prepared = sampler.prepare(x0, self._unet_eps, plan, progress=progress, cache=_as_cache(inversion_cache))
+        prepared = sampler.prepare(x0, self._unet_eps, plan, progress=progress, cache=inversion_cache)
 
         # 6. sample with the method's processors installed
         generator = torch.Generator(device="cpu").manual_seed(seed)
@@ -377,10 +377,3 @@ class ALEEditPipeline(EditPipeline):
     def edit(self, image, edits, masks=None, *, config: ALEConfig | None = None, method="ale", **kwargs) -> EditOutput:
         return super().edit(image, edits, masks, method=method, config=config, **kwargs)
 
-
-def _as_cache(cache):
-    if cache is None or not isinstance(cache, (str, os.PathLike)):
-        return cache
-    from .samplers.inversion_cache import InversionCache
-
-    return InversionCache(cache)

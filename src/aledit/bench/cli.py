@@ -25,7 +25,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from ..cli import UsageError
+from ..commands import UsageError
 
 __all__ = ["main", "register"]
 
@@ -180,8 +180,7 @@ def _run_generate(args) -> int:
 
 
 def _add_run_parser(sub) -> None:
-    from ..cli import _add_provider_options
-    from .methods import available_methods
+    from ..commands import add_method_options, add_provider_options
 
     p = sub.add_parser(
         "run",
@@ -191,27 +190,29 @@ def _add_run_parser(sub) -> None:
         "launch / torchrun each process takes its own shard.",
     )
     p.add_argument("bench", help="benchmark folder, or 'ale-bench' for the copy shipped with aledit")
-    p.add_argument(
-        "--method", default="ale", help=f"editing method (default ale; registered: {', '.join(available_methods())})"
-    )
+    add_method_options(p)
     p.add_argument(
         "--model",
         default=None,
-        help="hub id or local folder (default SimianLuo/LCM_Dreamshaper_v7); 'tiny-random' runs offline",
+        help="hub id or local folder (default: the method's, SimianLuo/LCM_Dreamshaper_v7 for ale); "
+        "'tiny-random' runs offline",
     )
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder: results-rank*.sqlite and images/")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N edits of the benchmark")
     p.add_argument("--shard", default=None, metavar="I/N", help="run shard I of N (0-based), e.g. 0/4")
-    p.add_argument("--steps", type=int, default=15, help="denoising steps (default 15)")
-    p.add_argument("--size", type=int, default=768, help="working resolution, multiple of 8 (default 768)")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the method's, ale 15)")
+    p.add_argument("--size", type=int, default=None, help="working resolution, multiple of 8 (default: the method's, ale 768)")
     p.add_argument("--device", default=None, help="torch device (default cuda:LOCAL_RANK if available, else cpu)")
-    p.add_argument("--no-ore", action="store_true", help="ale: switch off Object-Restricted Embeddings")
-    p.add_argument("--no-rgb-cam", action="store_true", help="ale: switch off region-guided cross-attention masking")
-    p.add_argument("--no-bb", action="store_true", help="ale: switch off background blending")
     p.add_argument(
-        "--self-replace", type=float, default=None, help="ale: self-attention schedule (default: by edit type)"
+        "--inversion-cache", default=None, metavar="DIR",
+        help="keep DDIM / null-text inversions here, so methods run on the same images invert once "
+        "(default RUN_DIR/inversions)",
     )
-    p.add_argument("--dilation", type=float, default=None, help="ale: mask dilation ratio (default 0.01)")
+    p.add_argument(
+        "--give-masks", action="store_true",
+        help="also give the masks to methods that use them only optionally (p2p/infedit local blend, masactrl "
+        "mask-guided); by default, as in the ALE paper's Table 1, they find regions from attention",
+    )
     p.add_argument(
         "--clip",
         default=None,
@@ -234,23 +235,8 @@ def _add_run_parser(sub) -> None:
         help="give the method masks found at run time with --mask-provider (the paper's protocol) instead of the "
         "benchmark's; metrics always use the benchmark's masks",
     )
-    _add_provider_options(p, "--mask-provider")
+    add_provider_options(p, "--mask-provider")
     p.set_defaults(run=_run_run)
-
-
-def _method_options(args) -> dict:
-    options = {}
-    if args.no_ore:
-        options["ore"] = False
-    if args.no_rgb_cam:
-        options["rgb_cam"] = False
-    if args.no_bb:
-        options["background_blend"] = False
-    if args.self_replace is not None:
-        options["self_replace"] = args.self_replace
-    if args.dilation is not None:
-        options["dilation_ratio"] = args.dilation
-    return options
 
 
 def _load_metric_models(args, device: str):
@@ -259,7 +245,7 @@ def _load_metric_models(args, device: str):
     from ..metrics.clip_score import load_clip
     from ..metrics.inputs import MetricUnavailable
     from ..metrics.structure import load_dino
-    from .methods import _first_line
+    from ..commands import first_line as _first_line
 
     clip_id, dino_id = args.clip or DEFAULT_CLIP, args.dino or DEFAULT_DINO
     models = {}
@@ -295,10 +281,17 @@ def _run_run(args) -> int:
         raise UsageError(str(exc)) from None
     if args.limit is not None and args.limit < 1:
         raise UsageError(f"--limit must be >= 1, got {args.limit}")
-    if args.steps < 1:
+    if args.steps is not None and args.steps < 1:
         raise UsageError(f"--steps must be >= 1, got {args.steps}")
-    if args.size <= 0 or args.size % 8:
+    if args.size is not None and (args.size <= 0 or args.size % 8):
         raise UsageError(f"--size must be a positive multiple of 8, got {args.size}")
+    from ..commands import method_from_args
+    from ..methods.registry import available_methods as editing_methods
+
+    if args.method in editing_methods():
+        method_name, options = method_from_args(args)
+    else:  # a bench-only method: its factory checks its options
+        method_name, options = args.method, {}
     bench = _load_bench_arg(args.bench)
     try:
         Path(args.out).mkdir(parents=True, exist_ok=True)
@@ -313,18 +306,20 @@ def _run_run(args) -> int:
 
     metric_models, metrics_config = (None, None) if args.no_metrics else _load_metric_models(args, device)
     settings = MethodSettings(
-        model=args.model, steps=args.steps, size=args.size, device=device, options=_method_options(args)
+        model=args.model, steps=args.steps, size=args.size, device=device, options=options,
+        inversion_cache=args.inversion_cache or str(Path(args.out) / "inversions"),
+        give_masks=args.give_masks,
     )
     try:
-        method = build_method(args.method, settings)
+        method = build_method(method_name, settings)
     except MethodSetupError as exc:
         raise UsageError(str(exc)) from None
     provider, mask_label = None, "bench"
     if args.find_masks:
-        from ..cli import _mask_provider
+        from ..commands import mask_provider
 
         args.device = device
-        provider, mask_label = _mask_provider(args), args.provider
+        provider, mask_label = mask_provider(args), args.provider or "grounded-sam"
 
     try:
         summary = run_benchmark(
@@ -421,6 +416,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..cli import run_parser
+    from ..commands import run_parser
 
     return run_parser(build_parser(), argv)

@@ -9,8 +9,10 @@ and a JSON-able ``config`` (recorded with every result). A *factory* builds it f
         pipe = ...                        # load settings.model on settings.device
         return CallableMethod("p2p", config={...}, fn=lambda image, edits, masks, seed: ...)
 
-``aledit bench run --method p2p`` then runs it. ``ale`` (ALE-Edit through
-:class:`~aledit.pipeline.ALEEditPipeline`) is registered here.
+``aledit bench run --method p2p`` then runs it. Every editing method of
+:mod:`aledit.methods.registry` (ale, p2p, masactrl, fpe, infedit, ...) is available here without
+registration, through :class:`~aledit.pipeline.EditPipeline`; :func:`register_method` is for
+bench-only methods (an external tool's outputs, a baseline that is not an editing method).
 """
 
 from __future__ import annotations
@@ -87,18 +89,24 @@ class MethodSettings:
 
     Attributes:
         model: hub id or local folder of the diffusion model (``None``: the method's default).
-        steps: denoising steps.
-        size: working resolution (square side, multiple of 8).
+        steps: denoising steps (``None``: the method's paper's).
+        size: working resolution, square side, multiple of 8 (``None``: the method's paper's).
         device: torch device string.
         options: method-specific switches, e.g. ``{"ore": False}`` for ALE; a factory rejects
             options it does not know.
+        inversion_cache: folder where DDIM / null-text inversions are kept across methods.
+        give_masks: also give the masks to methods that only optionally use them (P2P's and
+            InfEdit's local blend, MasaCtrl's mask-guided variant); by default, as in the ALE
+            paper's Table 1, those methods find their regions from attention.
     """
 
     model: str | None = None
-    steps: int = 15
-    size: int = 768
+    steps: int | None = None
+    size: int | None = None
     device: str = "cpu"
     options: Mapping[str, Any] = field(default_factory=dict)
+    inversion_cache: str | None = None
+    give_masks: bool = False
 
 
 MethodFactory = Callable[[MethodSettings], BenchMethod]
@@ -118,53 +126,60 @@ def register_method(name: str, factory: MethodFactory | None = None):
 
 
 def available_methods() -> tuple[str, ...]:
-    return tuple(sorted(_REGISTRY))
+    """The editing methods of :mod:`aledit.methods.registry`, then methods registered here."""
+    from ..methods.registry import available_methods as editing_methods
+
+    core = editing_methods()
+    return core + tuple(sorted(n for n in _REGISTRY if n not in core))
 
 
 def build_method(name: str, settings: MethodSettings) -> BenchMethod:
-    """Builds the method registered as ``name``; :class:`MethodSetupError` if it cannot be."""
+    """Builds method ``name`` (an editing method of the registry, or a bench-only method added
+    with :func:`register_method`); :class:`MethodSetupError` if it cannot be."""
+    from ..methods.registry import available_methods as editing_methods
+
+    if name in editing_methods():
+        return build_registered(name, settings)
     factory = _REGISTRY.get(name)
     if factory is None:
         raise MethodSetupError(f"unknown method {name!r}; available: {', '.join(available_methods())}")
     return factory(settings)
 
 
-# -- ALE-Edit --------------------------------------------------------------------------------
+# -- every method of aledit.methods.registry ------------------------------------------------
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+def build_registered(name: str, settings: MethodSettings) -> BenchMethod:
+    """A registered editing method (:mod:`aledit.methods.registry`) run through
+    :class:`~aledit.pipeline.EditPipeline`; ``settings.options`` are its config fields. Steps,
+    size and model default to the method's paper's when not given."""
+    from ..commands import first_line
+    from ..methods.base import MASKS_OPTIONAL, MASKS_REQUIRED
+    from ..methods.registry import MethodError, make_config, method_info
+    from ..pipeline import EditPipeline
 
-
-@register_method("ale")
-def build_ale(settings: MethodSettings) -> BenchMethod:
-    """ALE-Edit with :class:`~aledit.methods.ale.ALEConfig` fields as options (``ore``,
-    ``rgb_cam``, ``background_blend``, ``self_replace``, ``dilation_ratio``, ...)."""
-    from ..pipeline import DEFAULT_MODEL, ALEConfig, ALEEditPipeline
-
-    known = {f.name for f in dataclasses.fields(ALEConfig)}
-    unknown = sorted(set(settings.options) - known)
-    if unknown:
-        raise MethodSetupError(
-            f"method 'ale' takes no option {', '.join(unknown)} (it takes {', '.join(sorted(known))})"
-        )
     try:
-        config = ALEConfig(**settings.options)
-    except (TypeError, ValueError) as exc:
-        raise MethodSetupError(f"invalid ALE settings: {exc}") from None
-    model = settings.model or DEFAULT_MODEL
+        info = method_info(name)
+        config = make_config(name, settings.options)
+    except MethodError as exc:
+        raise MethodSetupError(str(exc)) from None
+    model = settings.model or info.default_model
+    steps = settings.steps or info.default_steps
+    size = settings.size or info.default_size
     logger.info("loading %s on %s", model, settings.device)
     try:
-        pipe = ALEEditPipeline.from_pretrained(model).to(settings.device)
+        pipe = EditPipeline.from_pretrained(model).to(settings.device)
     except Exception as exc:  # any loading failure comes from the model argument or the network  # noqa: BLE001
-        raise MethodSetupError(f"could not load model {model!r}: {_first_line(exc)}") from None
+        raise MethodSetupError(f"could not load model {model!r}: {first_line(exc)}") from None
+
+    masks_used = info.masks == MASKS_REQUIRED or (info.masks == MASKS_OPTIONAL and settings.give_masks)
 
     def edit(image, edits, masks, seed):
         out = pipe.edit(
-            image, edits, masks, seed=seed, steps=settings.steps, size=settings.size, config=config, progress=False
+            image, edits, masks if masks_used else None, method=name, config=config, seed=seed, steps=steps,
+            size=size, inversion_cache=settings.inversion_cache, progress=False,
         )
         return out.image
 
-    recorded = {"model": model, "steps": settings.steps, "size": settings.size, **dataclasses.asdict(config)}
-    return CallableMethod("ale", recorded, edit)
+    recorded = {"model": model, "steps": steps, "size": size, "uses_masks": masks_used, **dataclasses.asdict(config)}
+    return CallableMethod(name, recorded, edit)

@@ -12,6 +12,7 @@ on one image invert once. ``sample`` is :class:`~aledit.samplers.ddim.DualBranch
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import asdict, dataclass
 
 import torch
@@ -25,7 +26,7 @@ from .ddim import (
     NullTextConfig,
     NullTextInversion,
 )
-from .inversion_cache import tensor_digest
+from .inversion_cache import InversionCache, tensor_digest
 
 __all__ = ["DDIMEditConfig", "DDIMEditSampler"]
 
@@ -79,6 +80,8 @@ class DDIMEditSampler:
 
     def prepare(self, x0: torch.Tensor, unet_eps, plan, *, progress: bool = True, cache=None) -> Inversion:
         """The inversion of ``x0`` ``[1, C, h, w]`` (from ``cache`` when it holds it)."""
+        if isinstance(cache, (str, os.PathLike)):
+            cache = InversionCache(cache)
         key = self._cache_key(cache, x0, unet_eps, plan) if cache is not None else None
         if key is not None:
             found = cache.load(key)

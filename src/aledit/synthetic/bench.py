@@ -449,7 +449,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def _run_bench(args) -> int:
-    from ..cli import UsageError, _load_pipeline
+    from ..commands import UsageError, load_pipeline
     from ..io import check_writable_dir, save_image_atomic, save_text_atomic
     from .model import synthetic_model_path
 
@@ -462,7 +462,7 @@ def _run_bench(args) -> int:
     if args.steps < 1:
         raise UsageError(f"--steps must be >= 1, got {args.steps}")
     settings = SYNTHETIC_EDIT_SETTINGS.replace(steps=args.steps, eta=args.eta, target_guidance=args.target_guidance)
-    pipe = _load_pipeline(args.model or str(synthetic_model_path()), args.device)
+    pipe = load_pipeline(args.model or str(synthetic_model_path()), args.device)
     try:
         os.makedirs(args.out, exist_ok=True)
         check_writable_dir(os.path.join(args.out, "synthetic_bench.md"))

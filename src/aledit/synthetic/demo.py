@@ -176,7 +176,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def _run_demo(args) -> int:
-    from ..cli import UsageError
+    from ..commands import UsageError
     from ..io import check_writable_dir
 
     if args.steps < 1:
@@ -187,9 +187,9 @@ def _run_demo(args) -> int:
         raise UsageError(str(exc)) from None
     pipe = None
     if args.model is not None:
-        from ..cli import _load_pipeline
+        from ..commands import load_pipeline
 
-        pipe = _load_pipeline(args.model, "cpu")
+        pipe = load_pipeline(args.model, "cpu")
     result = run_demo(args.out, args.seed, args.edit_type, pipe=pipe, settings=SYNTHETIC_EDIT_SETTINGS.replace(steps=args.steps))
     print(f"scene: {result.scene.caption} ({result.scene.background} background)")
     print(f"edit ({result.edit.edit_type.value}): {result.edit_text}")
