@@ -1,11 +1,16 @@
-"""``aledit bench synthetic``: the paper's ablation, measured exactly on the synthetic world.
+"""``aledit bench synthetic``: the paper's ablation and the method comparison, measured exactly
+on the synthetic world.
 
 The benchmark draws ``n_edits`` edits (:func:`bench_cases`): edit ``i`` has type
 ``EDIT_TYPES[i % 5]`` (the paper's five) and edits ``1 + (i // 5) % 3`` objects of a random
 3-object 64x64 scene, so every type meets every object count equally often. Each edit is run
-with every configuration of :data:`~aledit.synthetic.model.ABLATION_SWITCHES` (naive, ORE,
-ORE+RGB-CAM, ORE+BB, ALE) on the same noise seed (paired), with the exact scene masks, and
-scored by :func:`aledit.synthetic.score_edit` against the ideal edit.
+with every configuration on the same noise seed (paired) and scored by
+:func:`aledit.synthetic.score_edit` against the ideal edit. A configuration is either an ALE
+ablation of :data:`~aledit.synthetic.model.ABLATION_SWITCHES` (naive, ORE, ORE+RGB-CAM, ORE+BB,
+ALE) or any registered method (``ale``, ``p2p``, ``masactrl``, ``fpe``, ``infedit``, ...), run
+with :meth:`SyntheticEditSettings.options` (same steps and guidance for all). Methods that need
+masks get the exact scene masks; methods that only optionally use them (local blends) find
+their regions from attention unless ``give_masks``.
 
 Tables (Markdown) give the mean of each score and its 95% confidence interval from a
 percentile bootstrap over edits (:func:`mean_ci`: 2,000 resamples with a fixed seed; NaN scores,
@@ -53,6 +58,7 @@ __all__ = [
     "mean_ci",
     "paired_difference_ci",
     "register",
+    "resolve_config",
     "run_synthetic_bench",
 ]
 
@@ -194,18 +200,47 @@ def bench_cases(n_edits: int = 200, seed: int = 0, n_objects: int = 3, size: int
     return cases
 
 
+def resolve_config(name: str) -> tuple[str, dict]:
+    """``(method, switches)`` of a configuration name: an ALE ablation (``"naive"``,
+    ``"ORE+BB"``, ...) or a registered method (``"p2p"``); ``ValueError`` otherwise."""
+    from ..methods.registry import available_methods
+
+    if name in ABLATION_SWITCHES:
+        return "ale", dict(ABLATION_SWITCHES[name])
+    if name in available_methods():
+        return name, {}
+    raise ValueError(
+        f"unknown configuration {name!r}; choose ALE ablations ({', '.join(ABLATION_SWITCHES)}) or methods "
+        f"({', '.join(available_methods())})"
+    )
+
+
 def edit_case(
-    pipe, case: BenchCase, switches: dict[str, bool], settings: SyntheticEditSettings = SYNTHETIC_EDIT_SETTINGS
+    pipe,
+    case: BenchCase,
+    config: str | dict,
+    settings: SyntheticEditSettings = SYNTHETIC_EDIT_SETTINGS,
+    give_masks: bool = False,
+    inversion_cache=None,
 ) -> np.ndarray:
-    """Runs one configuration on one case; returns the edited image ``uint8 [H, W, 3]``."""
+    """Runs one configuration (a name, or ALE switches as a dict) on one case; returns the
+    edited image ``uint8 [H, W, 3]``."""
+    from ..methods.base import MASKS_OPTIONAL, MASKS_REQUIRED
+    from ..methods.registry import method_info
+
+    method, switches = ("ale", config) if isinstance(config, dict) else resolve_config(config)
+    uses = method_info(method).masks
+    masks = case.masks if uses == MASKS_REQUIRED or (uses == MASKS_OPTIONAL and give_masks) else None
     out = pipe.edit(
         Image.fromarray(case.scene.image),
         case.edit.edits,
-        case.masks,
+        masks,
+        method=method,
+        options=settings.options(method, **switches),
         seed=case.index,
         steps=settings.steps,
         size=settings.size,
-        config=settings.config(**switches),
+        inversion_cache=inversion_cache,
         progress=False,
     )
     return np.asarray(out.image.convert("RGB"))
@@ -281,8 +316,10 @@ class SyntheticBenchResult:
                 rows.append([edit_type.value, *(self.summary(c, key, where).format(2) for c in self.configs)])
         return markdown_table(["edit type", *self.configs], rows)
 
-    def difference_table(self, reference: str = "naive", keys=SCORE_KEYS[:4]) -> str:
-        """Markdown: paired difference (config minus ``reference``) with its 95% CI."""
+    def difference_table(self, reference: str | None = None, keys=SCORE_KEYS[:4]) -> str:
+        """Markdown: paired difference (config minus ``reference``, default ``naive`` when run,
+        else the first configuration) with its 95% CI."""
+        reference = reference or ("naive" if "naive" in self.configs else self.configs[0])
         rows = [
             [config, *(paired_difference_ci(self.values(config, k), self.values(reference, k)).format() for k, _, _ in keys)]
             for config in self.configs
@@ -292,22 +329,27 @@ class SyntheticBenchResult:
 
     def markdown(self) -> str:
         s = self.settings
+        reference = "naive" if "naive" in self.configs else self.configs[0]
+        masks = "given to every method that uses them" if self.extra.get("give_masks") else (
+            "given to methods that need them (ALE); methods with an attention-derived blend found their own"
+        )
+        ablation = set(self.configs) <= set(ABLATION_SWITCHES)
         parts = [
-            "# Synthetic benchmark: ALE ablation",
+            "# Synthetic benchmark: " + ("ALE ablation" if ablation else "methods"),
             "",
             (
                 f"{self.n_cases} edits (the five edit types x 1-3 edited objects of 3-object 64x64 scenes), "
                 "each run with every configuration on the same noise; exact pixel scores "
                 "(`aledit.synthetic.score_edit`); mean [95% percentile-bootstrap CI, 2,000 resamples]. "
                 f"Engine: steps {s.steps}, eta {s.eta}, target guidance {s.target_guidance}, size {s.size}, "
-                f"mask dilation {s.dilation_ratio}. {self.seconds:.0f} s."
+                f"mask dilation {s.dilation_ratio}; exact scene masks {masks}. {self.seconds:.0f} s."
             ),
             "",
-            "## Ablation",
+            "## Ablation" if ablation else "## Methods",
             "",
             self.ablation_table(),
             "",
-            "## Paired differences to the naive edit",
+            f"## Paired differences to {reference}",
             "",
             self.difference_table(),
             "",
@@ -388,22 +430,25 @@ def run_synthetic_bench(
     configs: Sequence[str] = tuple(ABLATION_SWITCHES),
     settings: SyntheticEditSettings = SYNTHETIC_EDIT_SETTINGS,
     progress: bool = True,
+    give_masks: bool = False,
+    inversion_cache=None,
 ) -> SyntheticBenchResult:
     """Runs every configuration on ``n_edits`` benchmark edits and scores them.
 
     Args:
-        pipe: an :class:`~aledit.pipeline.ALEEditPipeline` (e.g. ``synthetic-tiny``).
-        configs: names from :data:`ABLATION_SWITCHES`, in table order.
+        pipe: an :class:`~aledit.pipeline.EditPipeline` (e.g. ``synthetic-tiny``).
+        configs: ALE ablation names (:data:`ABLATION_SWITCHES`) or method names, in table order.
+        give_masks: give the exact masks also to methods that only optionally use them.
+        inversion_cache: folder for DDIM / null-text inversions shared by the methods.
     """
-    unknown = [c for c in configs if c not in ABLATION_SWITCHES]
-    if unknown:
-        raise ValueError(f"unknown configuration(s) {unknown}; choose from {', '.join(ABLATION_SWITCHES)}")
+    for config in configs:
+        resolve_config(config)
     cases = bench_cases(n_edits, seed, size=settings.size)
     records = []
     start = time.perf_counter()
     runs = [(case, config) for case in cases for config in configs]
     for case, config in tqdm(runs, desc="synthetic bench", disable=not progress):
-        edited = edit_case(pipe, case, ABLATION_SWITCHES[config], settings)
+        edited = edit_case(pipe, case, config, settings, give_masks, inversion_cache)
         scores = score_edit(case.scene, case.edit, edited, ideal=case.ideal)
         records.append(
             {
@@ -417,7 +462,7 @@ def run_synthetic_bench(
         )
     seconds = time.perf_counter() - start
     logger.info("synthetic bench: %d runs in %.0f s", len(records), seconds)
-    return SyntheticBenchResult(tuple(records), tuple(configs), settings, seconds)
+    return SyntheticBenchResult(tuple(records), tuple(configs), settings, seconds, extra={"give_masks": give_masks})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -429,9 +474,10 @@ def register(subparsers) -> argparse.ArgumentParser:
     ``run(args)`` runs it and returns an exit code."""
     p = subparsers.add_parser(
         "synthetic",
-        help="ablation of ALE on the synthetic world with exact metrics",
-        description="Run naive, ORE, ORE+RGB-CAM, ORE+BB and ALE on generated edits of synthetic scenes and "
-        "write Markdown tables with 95%% bootstrap CIs and a chart.",
+        help="ALE's ablation or a method comparison on the synthetic world, with exact metrics",
+        description="Run ALE ablations (naive, ORE, ORE+RGB-CAM, ORE+BB, ALE) or registered methods (--methods "
+        "ale,p2p,masactrl,fpe,infedit,naive) on generated edits of synthetic scenes and write Markdown tables with "
+        "95%% bootstrap CIs and a chart.",
     )
     p.add_argument("--edits", type=int, default=200, help="number of edits (default 200)")
     p.add_argument("--seed", type=int, default=0, help="seed of the edits (default 0)")
@@ -441,8 +487,11 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--eta", type=float, default=SYNTHETIC_EDIT_SETTINGS.eta)
     p.add_argument("--target-guidance", type=float, default=SYNTHETIC_EDIT_SETTINGS.target_guidance)
     p.add_argument(
-        "--configs", default=",".join(ABLATION_SWITCHES), help="comma-separated subset of " + ", ".join(ABLATION_SWITCHES)
+        "--configs", "--methods", dest="configs", default=",".join(ABLATION_SWITCHES),
+        help="comma-separated ALE ablations (" + ", ".join(ABLATION_SWITCHES) + ") and/or methods (ale, p2p, "
+        "masactrl, fpe, infedit, ...); default: the ALE ablation",
     )
+    p.add_argument("--give-masks", action="store_true", help="give exact masks also to methods that use them optionally")
     p.add_argument("--device", default="cpu")
     p.set_defaults(run=_run_bench)
     return p
@@ -454,9 +503,13 @@ def _run_bench(args) -> int:
     from .model import synthetic_model_path
 
     configs = tuple(c.strip() for c in args.configs.split(",") if c.strip())
-    unknown = [c for c in configs if c not in ABLATION_SWITCHES]
-    if unknown or not configs:
-        raise UsageError(f"unknown --configs {unknown or args.configs!r}; choose from {', '.join(ABLATION_SWITCHES)}")
+    if not configs:
+        raise UsageError(f"no configuration in --methods {args.configs!r}")
+    try:
+        for config in configs:
+            resolve_config(config)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     if args.edits < 1:
         raise UsageError(f"--edits must be >= 1, got {args.edits}")
     if args.steps < 1:
@@ -469,7 +522,10 @@ def _run_bench(args) -> int:
     except OSError as exc:
         raise UsageError(f"cannot write to --out folder {args.out}: {exc.strerror or exc}") from None
     pipe.set_progress_bar_config(disable=True)
-    result = run_synthetic_bench(pipe, args.edits, args.seed, configs, settings)
+    result = run_synthetic_bench(
+        pipe, args.edits, args.seed, configs, settings, give_masks=args.give_masks,
+        inversion_cache=os.path.join(args.out, "inversions"),
+    )
     md_path = os.path.join(args.out, "synthetic_bench.md")
     # Every file is renamed into place, so an interrupted run leaves none half-written.
     save_text_atomic("".join(json.dumps(record) + "\n" for record in result.records), os.path.join(args.out, "records.jsonl"))

@@ -108,6 +108,25 @@ class SyntheticEditSettings:
             **switches,
         )
 
+    def options(self, method: str, **switches) -> dict:
+        """Options of any registered method for this model: the settings above applied to the
+        config fields the method has (``eta``, ``target_guidance`` / ``guidance``,
+        ``source_guidance``, ``dilation_ratio``), then ``switches``. Every method thus runs at
+        the same guidance and step count, and the non-distilled model gets eta 0."""
+        from ..methods.registry import method_info
+
+        defaults = method_info(method).defaults()
+        # only numeric fields: ALE's ``guidance`` is a mode ("cfg" / "embedded"), not a scale
+        fields = {name for name, value in defaults.items() if isinstance(value, float)}
+        wanted = {
+            "eta": self.eta,
+            "target_guidance": self.target_guidance,
+            "guidance": self.target_guidance,
+            "source_guidance": self.source_guidance,
+            "dilation_ratio": self.dilation_ratio,
+        }
+        return {**{k: v for k, v in wanted.items() if k in fields}, **switches}
+
     def replace(self, **changes) -> SyntheticEditSettings:
         return dataclasses.replace(self, **changes)
 
