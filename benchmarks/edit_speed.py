@@ -1,15 +1,19 @@
-"""Speed and memory of one ALE edit against the floor of work any implementation must do.
+"""Speed and memory of one edit by any registered method against the floor of work it must do.
 
 Model: SD-1.5-architecture UNet, VAE and CLIP text encoder with random weights (speed does not
-depend on the weights), the real CLIP tokenizer, an LCM scheduler. Edit: 256x256, 4 steps, two
-objects ("cat -> tiger", "dog -> leopard"), all ALE parts on.
+depend on the weights), the real CLIP tokenizer, an LCM scheduler. Edit: 256x256, two objects
+("cat -> tiger", "dog -> leopard"), the method's defaults except the step count (4 by default).
 
-Floor, timed in the same process: the UNet passes that are really needed (source guidance 1 ->
-no unconditional source row: batch 3 per step), one VAE encode, one VAE decode, and the text
-encodings (one batched call of the same prompts), with diffusers' default attention processors.
+Floor, timed in the same process with diffusers' default attention processors: the UNet passes
+the method really needs (its batch rows per sampling step: 3 for ALE / InfEdit with source
+guidance 1, 4 for the SD methods with CFG on both branches; one row per DDIM inversion step; for
+null-text inversion, one conditional pass per step plus every inner iteration's forward and
+backward pass to the embedding, counted from the run's own ``inversion_stats``), one VAE encode,
+one VAE decode, and one batched text encoding.
 
-Prints the ALE edit's wall time divided by the floor (goal <= 1.10) and the peak RSS.
-Usage: ``python benchmarks/edit_speed.py [--repeats 3] [--size 256] [--steps 4]``.
+Prints each method's wall time divided by its floor (goal <= 1.10) and the peak RSS.
+Usage: ``python benchmarks/edit_speed.py [--method ale|p2p|masactrl|fpe|infedit|all] [--repeats 3]
+[--size 256] [--steps 4]``.
 """
 
 from __future__ import annotations
@@ -59,52 +63,84 @@ def inputs(size: int):
 
 
 @torch.no_grad()
-def floor_run(pipe, image, size: int, steps: int) -> float:
+def floor_run(pipe, image, size: int, steps: int, rows: int, inversion: dict, texts: list[str]) -> float:
+    """The unavoidable work of one edit, timed: ``texts`` encoded in one batch, VAE encode,
+    ``rows`` x ``steps`` UNet rows, the inversion's passes (``inversion``: ``{"forward": n,
+    "backward": m}``), VAE decode."""
     from aledit.ore import encode_prompts
 
     start = time.perf_counter()
-    encode_prompts(pipe.text_encoder, pipe.tokenizer, ["tiger and leopard", "cat and dog", "", "tiger", "leopard", "cat", "dog"])
+    encode_prompts(pipe.text_encoder, pipe.tokenizer, texts)
     pixels = pipe.image_processor.preprocess(image, height=size, width=size)
     latent = pipe.vae.encode(pixels).latent_dist.mode() * pipe.vae.config.scaling_factor
-    embeds = torch.randn(3, 77, 768)
-    batch = latent.repeat(3, 1, 1, 1)
+    embeds = torch.randn(rows, 77, 768)
+    batch = latent.repeat(rows, 1, 1, 1)
     for t in range(steps):
         pipe.unet(batch, 999 - 250 * t, encoder_hidden_states=embeds)
+    forward, backward = inversion.get("forward", 0), inversion.get("backward", 0)
+    for k in range(forward - backward):  # passes without gradient (DDIM inversion, NTI's conditional pass)
+        pipe.unet(latent, 999 - k % 1000, encoder_hidden_states=embeds[:1])
+    for k in range(backward):  # NTI's inner iterations: forward with gradient to the embedding, backward
+        with torch.enable_grad():
+            null = embeds[:1].clone().requires_grad_(True)
+            out = pipe.unet(latent, 999 - k % 1000, encoder_hidden_states=null).sample
+            torch.autograd.grad(out.square().mean(), [null])
     pipe.vae.decode(latent / pipe.vae.config.scaling_factor)
     return time.perf_counter() - start
 
 
-def ale_run(pipe, image, masks, edits, size: int, steps: int) -> float:
+def method_run(pipe, method: str, image, masks, edits, size: int, steps: int):
+    from aledit.methods import method_info
+    from aledit.methods.base import MASKS_UNUSED
+
+    masks = None if method_info(method).masks == MASKS_UNUSED else masks
     start = time.perf_counter()
-    pipe.edit(image, edits, masks, size=size, steps=steps, progress=False)
-    return time.perf_counter() - start
+    out = pipe.edit(image, edits, masks, method=method, size=size, steps=steps, progress=False)
+    return time.perf_counter() - start, out
+
+
+def measure(pipe, method: str, size: int, steps: int, repeats: int) -> tuple[float, float, dict]:
+    from aledit.methods import make_method
+
+    image, masks, edits = inputs(size)
+    rows = len(make_method(method).guidance.layout())
+    texts = ["tiger and leopard", "cat and dog", ""]
+    if method == "ale":  # ORE also encodes every object phrase alone
+        texts += ["tiger", "leopard", "cat", "dog"]
+    # warm-up: first calls allocate and pick kernels; its stats say what the inversion costs
+    _, out = method_run(pipe, method, image, masks, edits, size, steps)
+    stats = out.extras.get("inversion_stats", {})
+    floor_run(pipe, image, size, 1, rows, {}, texts)
+    runs, floors = [], []
+    for _ in range(repeats):  # interleaved so drift hits both alike
+        floors.append(floor_run(pipe, image, size, steps, rows, stats, texts))
+        runs.append(method_run(pipe, method, image, masks, edits, size, steps)[0])
+    return min(runs), min(floors), {"rows": rows, **stats, "runs": runs, "floors": floors}
 
 
 def main() -> None:
+    from aledit.methods import available_methods
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--method", default="ale", help="a registered method, or 'all'")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=4)
     args = parser.parse_args()
+    methods = available_methods() if args.method == "all" else (args.method,)
 
-    from aledit import ALEEditPipeline
+    from aledit import EditPipeline
 
-    pipe = ALEEditPipeline(**sd15_components())
-    image, masks, edits = inputs(args.size)
-    # warm-up: first calls allocate and pick kernels
-    ale_run(pipe, image, masks, edits, args.size, 1)
-    floor_run(pipe, image, args.size, 1)
-    ale, floor = [], []
-    for _ in range(args.repeats):  # interleaved so drift hits both alike
-        floor.append(floor_run(pipe, image, args.size, args.steps))
-        ale.append(ale_run(pipe, image, masks, edits, args.size, args.steps))
+    pipe = EditPipeline(**sd15_components())
+    print(f"threads {torch.get_num_threads()}; edit {args.size}x{args.size}, {args.steps} steps, 2 objects")
+    print("| method | rows/step | inversion fwd / bwd | floor s | method s | method / floor |")
+    print("|---|---|---|---|---|---|")
+    for method in methods:
+        run, floor, info = measure(pipe, method, args.size, args.steps, args.repeats)
+        inv = f"{info.get('forward', 0)} / {info.get('backward', 0)}"
+        print(f"| {method} | {info['rows']} | {inv} | {floor:.2f} | {run:.2f} | {run / floor:.3f} |", flush=True)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"threads            {torch.get_num_threads()}")
-    print(f"edit               {args.size}x{args.size}, {args.steps} steps, 2 objects, ALE (ORE + RGB-CAM + BB)")
-    print(f"floor  (min of {args.repeats})  {min(floor):7.2f} s   runs: {', '.join(f'{t:.2f}' for t in floor)}")
-    print(f"ALE    (min of {args.repeats})  {min(ale):7.2f} s   runs: {', '.join(f'{t:.2f}' for t in ale)}")
-    print(f"ALE / floor        {min(ale) / min(floor):7.3f}   (goal <= 1.10)")
-    print(f"peak RSS           {peak_mib:7.0f} MiB")
+    print(f"goal: method / floor <= 1.10; peak RSS {peak_mib:.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -362,7 +362,9 @@ def test_register_adds_bench_subcommands():
         (["--size", "63"], "--size must be a positive multiple of 8"),
         (["--limit", "0"], "--limit must be >= 1"),
         (["--no-ore", "--self-replace", "3"], "self_replace must be in [0, 1]"),
-        (["--method", "p2p"], "unknown method 'p2p'; available: ale"),
+        (["--method", "magic"], "unknown method 'magic'; available: ale, p2p, masactrl, fpe, infedit"),
+        (["--method", "p2p", "--no-ore"], "method 'p2p' takes no option 'ore' (an option of ale)"),
+        (["--method", "infedit", "--option", "cross_replace=2"], "cross_replace must be in [0, 1]"),
     ],
 )
 def test_cli_run_mistakes_are_one_line(tmp_path, capsys, extra, message):

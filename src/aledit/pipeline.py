@@ -52,7 +52,9 @@ class EditOutput:
         background: ``[h, w]`` bool, the region outside every object mask (latent resolution).
         latents: the final latents of both branches (``target_x0`` is what was decoded).
         attention_maps: ``[N, h', w']`` target cross-attention per object in [0, 1], when asked.
-        extras: method-specific results (e.g. the masks a local blend derived).
+        extras: method-specific results (e.g. the masks a local blend derived) and
+            ``inversion_stats``: UNet passes the sampler's preparation made (DDIM / null-text
+            inversion: ``{"forward": n, "backward": m}``; empty for virtual inversion).
     """
 
     image: Image.Image
@@ -266,7 +268,7 @@ class EditPipeline(DiffusionPipeline):
             object_masks=object_masks.masks if object_masks is not None else None,
             latents=latents,
             attention_maps=plan.recorder.maps() if plan.recorder is not None else None,
-            extras=dict(plan.extras),
+            extras={**plan.extras, "inversion_stats": dict(getattr(prepared, "stats", None) or {})},
         )
 
     @torch.no_grad()

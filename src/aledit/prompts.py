@@ -21,7 +21,9 @@ __all__ = [
     "join_phrases",
     "layout_prompt",
     "locate_phrases",
+    "span_positions",
     "substitute_phrases",
+    "word_positions",
 ]
 
 JOINER = " and "
@@ -163,3 +165,25 @@ def edit_prompts(tokenizer, edits, source_prompt: str | None = None) -> EditProm
     return EditPrompts(
         src, tgt, src_phrases, tgt_phrases, layout_prompt(tokenizer, src, src_phrases), layout_prompt(tokenizer, tgt, tgt_phrases)
     )
+
+
+def span_positions(spans) -> tuple[int, ...]:
+    """Token positions covered by ``(start, stop)`` spans, in order."""
+    return tuple(p for start, stop in spans for p in range(start, stop))
+
+
+def word_positions(tokenizer, prompt: str, word: str) -> tuple[int, ...]:
+    """Token positions of every occurrence of ``word`` (a word or phrase, at word boundaries)
+    in ``prompt``; P2P's ``get_word_inds`` also takes every occurrence.
+
+    Raises:
+        PhraseNotFoundError: ``word`` does not occur in ``prompt``.
+    """
+    spans = ()
+    while True:
+        try:
+            spans = layout_prompt(tokenizer, prompt, [word] * (len(spans) + 1)).spans
+        except PhraseNotFoundError:
+            if not spans:
+                raise
+            return span_positions(spans)

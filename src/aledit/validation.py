@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["check_fraction", "check_number"]
+__all__ = ["check_choice", "check_flag", "check_fraction", "check_number"]
 
 
 def check_number(name: str, value, low: float | None = None, high: float | None = None, *, integer: bool = False) -> None:
@@ -24,3 +24,15 @@ def check_number(name: str, value, low: float | None = None, high: float | None 
 def check_fraction(name: str, value) -> None:
     """A window boundary or schedule: a finite number in [0, 1]."""
     check_number(name, value, 0.0, 1.0)
+
+
+def check_flag(name: str, value) -> None:
+    """A switch: ``True`` or ``False`` (not 0/1 or a string)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+
+
+def check_choice(name: str, value, choices) -> None:
+    """One of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}, got {value!r}")

@@ -5,7 +5,8 @@ rules exist in the reference code and both are kept, exactly:
 
 * :class:`StepWindow` (Prompt-to-Prompt, FPE, MasaCtrl): steps ``int(start * N) <= step <
   int(end * N)``; P2P's ``cross_replace_steps = 0.4`` of 50 steps acts on steps 0..19.
-* :class:`LeadingFraction` (InfEdit, ALE): steps with ``(step + 1) / N < fraction``.
+* :class:`LeadingFraction` (InfEdit, ALE): steps with ``(step + 1) / N < fraction``;
+  :class:`UpToFraction`, its inclusive twin, is InfEdit's cross-attention schedule.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 
 from ..validation import check_fraction
 
-__all__ = ["LeadingFraction", "StepRange", "StepWindow"]
+__all__ = ["LeadingFraction", "StepRange", "StepWindow", "UpToFraction"]
 
 
 @dataclass(frozen=True)
@@ -54,3 +55,18 @@ class LeadingFraction:
 
     def active(self, step: int, num_steps: int) -> bool:
         return (step + 1) / num_steps < self.fraction
+
+
+@dataclass(frozen=True)
+class UpToFraction:
+    """Steps with ``(step + 1) / N <= fraction``: InfEdit's cross-attention schedule (its code
+    tests ``cross_replace_steps >= (i + 1) / N``; the self-attention schedule uses ``<``,
+    :class:`~aledit.attention.schedule.LeadingFraction`)."""
+
+    fraction: float
+
+    def __post_init__(self):
+        check_fraction("fraction", self.fraction)
+
+    def active(self, step: int, num_steps: int) -> bool:
+        return (step + 1) / num_steps <= self.fraction

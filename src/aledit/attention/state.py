@@ -92,12 +92,15 @@ class EditState:
         num_steps: number of denoising steps of the call.
         latent_hw: ``(h, w)`` of the latent, to find each attention layer's resolution.
         step: index of the current denoising step, 0-based.
+        alpha_t: alphas_cumprod of the current step's timestep (the noise level of the latents
+            the step starts from), set by the sampler; InfEdit's blend threshold reads it.
     """
 
     layout: BatchLayout
     num_steps: int
     latent_hw: tuple[int, int]
     step: int = 0
+    alpha_t: float | None = None
 
     def layer_hw(self, tokens: int) -> tuple[int, int]:
         """``(h, w)`` of an attention layer with ``tokens`` spatial positions.

@@ -24,7 +24,6 @@ from ..attention.state import BatchLayout, EditState
 from ..edits import Edit
 from ..masks.ops import ObjectMasks
 from ..samplers.base import LatentHook
-from ..validation import check_fraction, check_number  # noqa: F401  (re-exported for method configs)
 
 __all__ = [
     "EditMethod",

@@ -123,9 +123,10 @@ class VirtualInversionSampler:
         state.num_steps = len(timesteps)
         for i, t in enumerate(tqdm(timesteps, desc="editing", disable=not progress, leave=False)):
             state.step = i
+            alpha_t = alphas[t].to(x0.dtype)
+            state.alpha_t = float(alphas[t])
             e_s, e_t = predict_noise(latents.source, latents.target, t)
             last = i == len(timesteps) - 1
-            alpha_t = alphas[t].to(x0.dtype)
             alpha_prev = alpha_t if last else alphas[timesteps[i + 1]].to(x0.dtype)
             z = None if last else randn_tensor(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
             latents = virtual_inversion_step(
