@@ -270,3 +270,20 @@ def test_missing_model_folder_is_a_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("aledit: error: model folder does not exist") for line in err)
     assert not (tmp_path / "d.png").exists() and not (tmp_path / "b").exists()
+
+
+def test_bench_compares_methods_on_the_same_edits(synthetic_pipe):
+    configs = ("naive", "ale", "masactrl", "fpe", "infedit", "p2p-ddim")
+    result = run_synthetic_bench(synthetic_pipe, n_edits=2, seed=0, configs=configs, settings=FAST, progress=False)
+    assert [r["config"] for r in result.records[: len(configs)]] == list(configs)
+    assert len({tuple(sorted(r["case"] for r in result.records if r["config"] == c)) for c in configs}) == 1
+    markdown = result.markdown()
+    assert "# Synthetic benchmark: methods" in markdown and "## Paired differences to naive" in markdown
+    assert "| p2p-ddim |" in result.ablation_table()
+    # ALE (the method) and ALE (the ablation's full configuration) are the same edit
+    again = run_synthetic_bench(synthetic_pipe, n_edits=2, seed=0, configs=("ALE",), settings=FAST, progress=False)
+    ale = [r for r in result.records if r["config"] == "ale"]
+    for key in ("success", "ti_leakage", "te_changed"):
+        assert np.array_equal([r[key] for r in ale], [r[key] for r in again.records], equal_nan=True)
+    with pytest.raises(ValueError, match="unknown configuration 'magic'"):
+        run_synthetic_bench(synthetic_pipe, n_edits=1, configs=("magic",), progress=False)

@@ -26,7 +26,7 @@ from .masks.ops import MaskError, ObjectMasks
 from .masks.provider import MaskProvider
 from .methods.ale import ALEConfig
 from .methods.base import MASKS_REQUIRED, MASKS_UNUSED, EditPlan, Guidance, MethodContext, guidance_scale_embedding
-from .methods.registry import make_method, method_info
+from .methods.registry import MethodError, make_method, method_info
 from .samplers.base import BranchLatents
 from .samplers.virtual_inversion import VirtualInversionConfig, VirtualInversionSampler
 
@@ -195,7 +195,7 @@ class EditPipeline(DiffusionPipeline):
         """
         # 1. check inputs
         method = make_method(method, config, **dict(options or {}))
-        info = method_info(method.name) if isinstance(getattr(method, "name", None), str) else None
+        info = _registered_info(method)
         image = self._load_image(image)
         edits = _as_edits(edits)
         steps = steps if steps is not None else (info.default_steps if info else 15)
@@ -369,6 +369,15 @@ class EditPipeline(DiffusionPipeline):
             return guided[SOURCE], guided[TARGET]
 
         return predict
+
+
+def _registered_info(method):
+    """The registry's entry of ``method`` (its default steps and size), or ``None`` for a method
+    object that is not registered (it then gets 15 steps at 768, ALE's defaults)."""
+    try:
+        return method_info(method.name)
+    except (MethodError, AttributeError):
+        return None
 
 
 class ALEEditPipeline(EditPipeline):

@@ -35,6 +35,7 @@ from ..attention.recording import RecordingAttnProcessor
 from ..attention.schedule import StepRange
 from ..attention.state import SOURCE, TARGET
 from ..attention.step_maps import StepMaps
+from ..masks.ops import MaskError
 from ..ore import encode_prompts
 from ..prompts import edit_prompts
 from ..validation import check_flag, check_fraction, check_number
@@ -210,7 +211,7 @@ class MasaCtrlMethod:
             masks = GivenMasks(ctx.masks.union())
         elif cfg.mask_guided:
             if empty:
-                raise ValueError(
+                raise MaskError(
                     "mask_guided without masks derives them from the source prompt's words, but "
                     "inversion_prompt='empty' leaves the source prompt empty: pass masks or use "
                     "inversion_prompt='source'"

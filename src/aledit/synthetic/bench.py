@@ -200,18 +200,26 @@ def bench_cases(n_edits: int = 200, seed: int = 0, n_objects: int = 3, size: int
     return cases
 
 
+# Method variants the comparison names on their own (PIE-Bench's "ddim+p2p": P2P without NTI).
+METHOD_VARIANTS: dict[str, tuple[str, dict]] = {"p2p-ddim": ("p2p", {"null_text": False})}
+
+
 def resolve_config(name: str) -> tuple[str, dict]:
     """``(method, switches)`` of a configuration name: an ALE ablation (``"naive"``,
-    ``"ORE+BB"``, ...) or a registered method (``"p2p"``); ``ValueError`` otherwise."""
+    ``"ORE+BB"``, ...), a registered method (``"p2p"``) or a variant of
+    :data:`METHOD_VARIANTS` (``"p2p-ddim"``); ``ValueError`` otherwise."""
     from ..methods.registry import available_methods
 
     if name in ABLATION_SWITCHES:
         return "ale", dict(ABLATION_SWITCHES[name])
+    if name in METHOD_VARIANTS:
+        method, options = METHOD_VARIANTS[name]
+        return method, dict(options)
     if name in available_methods():
         return name, {}
     raise ValueError(
         f"unknown configuration {name!r}; choose ALE ablations ({', '.join(ABLATION_SWITCHES)}) or methods "
-        f"({', '.join(available_methods())})"
+        f"({', '.join(available_methods())}) or variants ({', '.join(METHOD_VARIANTS)})"
     )
 
 
@@ -342,7 +350,8 @@ class SyntheticBenchResult:
                 "each run with every configuration on the same noise; exact pixel scores "
                 "(`aledit.synthetic.score_edit`); mean [95% percentile-bootstrap CI, 2,000 resamples]. "
                 f"Engine: steps {s.steps}, eta {s.eta}, target guidance {s.target_guidance}, size {s.size}, "
-                f"mask dilation {s.dilation_ratio}; exact scene masks {masks}. {self.seconds:.0f} s."
+                f"mask dilation {s.dilation_ratio}; exact scene masks {masks}."
+                + (f" {self.seconds:.0f} s." if self.seconds else "")
             ),
             "",
             "## Ablation" if ablation else "## Methods",
@@ -515,12 +524,12 @@ def _run_bench(args) -> int:
     if args.steps < 1:
         raise UsageError(f"--steps must be >= 1, got {args.steps}")
     settings = SYNTHETIC_EDIT_SETTINGS.replace(steps=args.steps, eta=args.eta, target_guidance=args.target_guidance)
-    pipe = load_pipeline(args.model or str(synthetic_model_path()), args.device)
     try:
         os.makedirs(args.out, exist_ok=True)
         check_writable_dir(os.path.join(args.out, "synthetic_bench.md"))
     except OSError as exc:
         raise UsageError(f"cannot write to --out folder {args.out}: {exc.strerror or exc}") from None
+    pipe = load_pipeline(args.model or str(synthetic_model_path()), args.device)
     pipe.set_progress_bar_config(disable=True)
     result = run_synthetic_bench(
         pipe, args.edits, args.seed, configs, settings, give_masks=args.give_masks,
