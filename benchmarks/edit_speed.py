@@ -12,7 +12,7 @@ backward pass to the embedding, counted from the run's own ``inversion_stats``),
 one VAE decode, and one batched text encoding.
 
 Prints each method's wall time divided by its floor (goal <= 1.10) and the peak RSS.
-Usage: ``python benchmarks/edit_speed.py [--method ale|p2p|masactrl|fpe|infedit|all] [--repeats 3]
+Usage: ``python benchmarks/edit_speed.py [--method ale,p2p,masactrl,fpe,infedit|all] [--repeats 3]
 [--size 256] [--steps 4]``.
 """
 
@@ -122,12 +122,15 @@ def main() -> None:
     from aledit.methods import available_methods
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--method", default="ale", help="a registered method, or 'all'")
+    parser.add_argument("--method", default="ale", help="registered methods, comma-separated, or 'all'")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=4)
     args = parser.parse_args()
-    methods = available_methods() if args.method == "all" else (args.method,)
+    methods = available_methods() if args.method == "all" else tuple(m.strip() for m in args.method.split(","))
+    unknown = [m for m in methods if m not in available_methods()]
+    if unknown:
+        parser.error(f"unknown method {unknown[0]!r}; available: {', '.join(available_methods())}")
 
     from aledit import EditPipeline
 

@@ -64,6 +64,13 @@ def check_image(path: str):
         raise UsageError(f"image is not readable: {path} ({exc})") from None
 
 
+def check_model_arg(model: str) -> None:
+    """A path that does not exist would otherwise be tried as a hub id, with a confusing error:
+    say so before anything else happens."""
+    if str(model).startswith(("/", "./", "../", "~")) and not os.path.isdir(os.path.expanduser(model)):
+        raise UsageError(f"model folder does not exist: {model}")
+
+
 def load_pipeline(model: str | None, device: str | None, method: str = "ale"):
     """The :class:`~aledit.pipeline.EditPipeline` of ``model`` (default: ``method``'s paper's
     model) on ``device`` (default: cuda if available); :class:`UsageError` if it cannot load."""
@@ -74,9 +81,7 @@ def load_pipeline(model: str | None, device: str | None, method: str = "ale"):
 
     model = model or method_info(method).default_model
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    # A path that does not exist would otherwise be tried as a hub id, with a confusing error.
-    if str(model).startswith(("/", "./", "../", "~")) and not os.path.isdir(os.path.expanduser(model)):
-        raise UsageError(f"model folder does not exist: {model}")
+    check_model_arg(model)
     logger.info("loading %s on %s", model, device)
     try:
         return ALEEditPipeline.from_pretrained(model).to(device)

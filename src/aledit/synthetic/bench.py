@@ -507,7 +507,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def _run_bench(args) -> int:
-    from ..commands import UsageError, load_pipeline
+    from ..commands import UsageError, check_model_arg, load_pipeline
     from ..io import check_writable_dir, save_image_atomic, save_text_atomic
     from .model import synthetic_model_path
 
@@ -524,12 +524,14 @@ def _run_bench(args) -> int:
     if args.steps < 1:
         raise UsageError(f"--steps must be >= 1, got {args.steps}")
     settings = SYNTHETIC_EDIT_SETTINGS.replace(steps=args.steps, eta=args.eta, target_guidance=args.target_guidance)
+    model = args.model or str(synthetic_model_path())
+    check_model_arg(model)
     try:
         os.makedirs(args.out, exist_ok=True)
         check_writable_dir(os.path.join(args.out, "synthetic_bench.md"))
     except OSError as exc:
         raise UsageError(f"cannot write to --out folder {args.out}: {exc.strerror or exc}") from None
-    pipe = load_pipeline(args.model or str(synthetic_model_path()), args.device)
+    pipe = load_pipeline(model, args.device)
     pipe.set_progress_bar_config(disable=True)
     result = run_synthetic_bench(
         pipe, args.edits, args.seed, configs, settings, give_masks=args.give_masks,
