@@ -163,3 +163,14 @@ def test_bench_runs_a_baseline(tmp_path, capsys):
     assert len(list((tmp_path / "run" / "inversions").iterdir())) >= 1
     assert cli(argv) == 0
     assert "2 already done, 0 done now" in capsys.readouterr().out
+
+
+def test_an_existing_directory_as_output_is_refused_before_any_work(tmp_path, capsys):
+    image = _scene(tmp_path)
+    for argv in (
+        ["edit", image, "--edit", "cat -> tiger", "--out", str(tmp_path), "--method", "p2p", "--model", "tiny-random"],
+        ["demo", "--out", str(tmp_path)],
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("aledit: error: output path is a directory") and err.count("\n") == 1

@@ -92,7 +92,7 @@ def _parse_masks(items: list[str]) -> dict[str, str]:
 
 def _run_edit(args) -> int:
     from .edits import EditError, parse_edit
-    from .io import check_writable_dir
+    from .io import check_output_file, check_writable_dir
 
     # Everything that needs no model is checked first, so mistakes fail fast.
     if not args.edit:
@@ -117,7 +117,7 @@ def _run_edit(args) -> int:
         if not os.path.isfile(path):
             raise UsageError(f"mask file for {name!r} not found: {path}")
     try:
-        check_writable_dir(args.out)
+        check_output_file(args.out)
         if args.save_masks:
             os.makedirs(args.save_masks, exist_ok=True)
             check_writable_dir(os.path.join(args.save_masks, "overlay.png"))

@@ -7,7 +7,7 @@ import tempfile
 
 from PIL import Image
 
-__all__ = ["check_writable_dir", "save_image_atomic", "save_text_atomic"]
+__all__ = ["check_output_file", "check_writable_dir", "save_image_atomic", "save_text_atomic"]
 
 
 def check_writable_dir(path: str | os.PathLike) -> None:
@@ -20,6 +20,14 @@ def check_writable_dir(path: str | os.PathLike) -> None:
             pass
     except OSError as exc:
         raise OSError(f"output directory is not writable: {directory} ({exc.strerror or exc})") from None
+
+
+def check_output_file(path: str | os.PathLike) -> None:
+    """:func:`check_writable_dir`, and ``path`` must not be an existing directory (renaming a file
+    onto it would fail only after all the work)."""
+    if os.path.isdir(path):
+        raise OSError(f"output path is a directory, not a file name: {os.fspath(path)}")
+    check_writable_dir(path)
 
 
 def _write_atomic(path: str | os.PathLike, suffix: str, write) -> None:
