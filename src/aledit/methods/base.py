@@ -29,6 +29,7 @@ __all__ = [
     "EditMethod",
     "EditPlan",
     "Guidance",
+    "INVERSION_PROMPTS",
     "MASKS_OPTIONAL",
     "MASKS_REQUIRED",
     "MASKS_UNUSED",
@@ -40,6 +41,10 @@ __all__ = [
 MASKS_REQUIRED = "required"  # needs one per edited object (given, or found by a provider)
 MASKS_OPTIONAL = "optional"  # uses given masks (e.g. for its local blend); derives its own otherwise
 MASKS_UNUSED = "unused"  # never looks at masks
+
+# What a DDIM method inverts (and conditions its source branch) with: the source prompt, or ""
+# (MasaCtrl's and FPE's official real-image scripts).
+INVERSION_PROMPTS = ("source", "empty")
 
 
 @dataclass(frozen=True)

@@ -25,14 +25,11 @@ from ..attention.schedule import StepWindow
 from ..attention.state import TARGET
 from ..ore import encode_prompts
 from ..prompts import edit_prompts
-from ..validation import check_flag, check_fraction, check_number
-from .base import MASKS_UNUSED, EditPlan, Guidance, MethodContext
+from ..validation import check_choice, check_flag, check_fraction, check_number
+from .base import INVERSION_PROMPTS, MASKS_UNUSED, EditPlan, Guidance, MethodContext
 from .registry import SD15, MethodInfo, register
 
 __all__ = ["FPEConfig", "FPEMethod"]
-
-INVERSION_PROMPTS = ("source", "empty")
-
 
 @dataclass(frozen=True)
 class FPEConfig:
@@ -69,8 +66,7 @@ class FPEConfig:
     def __post_init__(self):
         check_fraction("self_replace", self.self_replace)
         check_number("max_layer_tokens", self.max_layer_tokens, 1, integer=True)
-        if self.inversion_prompt not in INVERSION_PROMPTS:
-            raise ValueError(f"inversion_prompt must be 'source' or 'empty', got {self.inversion_prompt!r}")
+        check_choice("inversion_prompt", self.inversion_prompt, INVERSION_PROMPTS)
         check_flag("null_text", self.null_text)
         check_flag("feed_source", self.feed_source)
         check_number("guidance", self.guidance, 0.0)

@@ -44,7 +44,7 @@ from ..hooks.local_blend import BlendRule, LocalBlend
 from ..ore import encode_prompts
 from ..prompts import edit_prompts, span_positions, word_positions
 from ..samplers.virtual_inversion import VirtualInversionConfig, VirtualInversionSampler
-from ..validation import check_flag, check_fraction, check_number
+from ..validation import check_choice, check_flag, check_fraction, check_number
 from .base import MASKS_OPTIONAL, EditPlan, Guidance, MethodContext
 from .registry import LCM_DREAMSHAPER, MethodInfo, register
 
@@ -113,8 +113,7 @@ class InfEditConfig:
         check_number("blend_temperature", self.blend_temperature, 0.0)
         if isinstance(self.preserve_words, str):
             raise ValueError("preserve_words must be a tuple of words, not one string")
-        if self.blend_maps not in BLEND_MAPS:
-            raise ValueError(f"blend_maps must be one of {', '.join(BLEND_MAPS)}, got {self.blend_maps!r}")
+        check_choice("blend_maps", self.blend_maps, BLEND_MAPS)
         check_flag("match_replaced", self.match_replaced)
         check_number("dilation_ratio", self.dilation_ratio, 0.0, 1.0)
         check_number("eta", self.eta, 0.0, 1.0)

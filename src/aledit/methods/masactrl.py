@@ -38,16 +38,13 @@ from ..attention.step_maps import StepMaps
 from ..masks.ops import MaskError
 from ..ore import encode_prompts
 from ..prompts import edit_prompts
-from ..validation import check_flag, check_fraction, check_number
-from .base import MASKS_OPTIONAL, EditPlan, Guidance, MethodContext
+from ..validation import check_choice, check_flag, check_fraction, check_number
+from .base import INVERSION_PROMPTS, MASKS_OPTIONAL, EditPlan, Guidance, MethodContext
 from .registry import SD14, MethodInfo, register
 
 __all__ = ["MasaCtrlConfig", "MasaCtrlMethod", "masactrl_layers"]
 
 logger = logging.getLogger(__name__)
-
-INVERSION_PROMPTS = ("source", "empty")
-
 
 @dataclass(frozen=True)
 class MasaCtrlConfig:
@@ -98,8 +95,7 @@ class MasaCtrlConfig:
             check_number("end_step", self.end_step, self.start_step + 1, integer=True)
         if self.start_layer is not None:
             check_number("start_layer", self.start_layer, 0, integer=True)
-        if self.inversion_prompt not in INVERSION_PROMPTS:
-            raise ValueError(f"inversion_prompt must be 'source' or 'empty', got {self.inversion_prompt!r}")
+        check_choice("inversion_prompt", self.inversion_prompt, INVERSION_PROMPTS)
         check_flag("feed_source", self.feed_source)
         check_number("guidance", self.guidance, 0.0)
         check_flag("mask_guided", self.mask_guided)

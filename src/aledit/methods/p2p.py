@@ -32,7 +32,7 @@ from ..attention.step_maps import StepMaps
 from ..hooks.local_blend import BlendRule, LocalBlend
 from ..ore import encode_prompts
 from ..prompts import edit_prompts, span_positions, word_positions
-from ..validation import check_flag, check_fraction, check_number
+from ..validation import check_choice, check_flag, check_fraction, check_number
 from .base import MASKS_OPTIONAL, EditPlan, Guidance, MethodContext
 from .registry import SD14, MethodInfo, register
 
@@ -108,8 +108,7 @@ class P2PConfig:
     dilation_ratio: float = 0.0
 
     def __post_init__(self):
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        check_choice("mode", self.mode, MODES)
         check_fraction("cross_replace", self.cross_replace)
         check_fraction("self_replace", self.self_replace)
         check_flag("local_blend", self.local_blend)
