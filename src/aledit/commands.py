@@ -111,6 +111,10 @@ def add_method_options(p, ale_shortcuts: bool = True) -> None:
     p.add_argument("--no-ore", action="store_true", help="ale: switch off Object-Restricted Embeddings")
     p.add_argument("--no-rgb-cam", action="store_true", help="ale: switch off region-guided cross-attention masking")
     p.add_argument("--no-bb", action="store_true", help="ale: switch off background blending")
+    p.add_argument(
+        "--preset", default=None, metavar="paper|authors",
+        help="ale: 'paper' (default) or 'authors' to reproduce the authors' code (docs/ale_presets.md)",
+    )
 
 
 _SHORTCUTS = (
@@ -121,6 +125,7 @@ _SHORTCUTS = (
     ("no_ore", "ore", False),
     ("no_rgb_cam", "rgb_cam", False),
     ("no_bb", "background_blend", False),
+    ("preset", "preset", None),
 )
 
 

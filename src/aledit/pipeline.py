@@ -239,13 +239,14 @@ class EditPipeline(DiffusionPipeline):
         )
         plan = method.plan(ctx)
 
-        # 5. source latent, and what the sampler prepares with the UNet's own processors
-        x0 = self._encode_image(image, width, height)
+        # 5. source latent (the posterior's mode, or a sample drawn first from the call's
+        # generator when the plan asks), and what the sampler prepares with the UNet's own processors
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        x0 = self._encode_image(image, width, height, generator if plan.source_latent == "sample" else None)
         sampler = method.sampler(self.scheduler, steps)
         prepared = sampler.prepare(x0, self._unet_eps, plan, progress=progress, cache=inversion_cache)
 
         # 6. sample with the method's processors installed
-        generator = torch.Generator(device="cpu").manual_seed(seed)
         predict = self._noise_predictor(plan, state, guidance, getattr(prepared, "null_embeddings", None))
         hooks = plan.hooks
         if callback_on_step_end is not None:
@@ -314,10 +315,15 @@ class EditPipeline(DiffusionPipeline):
         return image.convert("RGB")
 
     @torch.no_grad()
-    def _encode_image(self, image: Image.Image, width: int, height: int) -> torch.Tensor:
+    def _encode_image(
+        self, image: Image.Image, width: int, height: int, sample_generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Scaled source latent ``[1, C, h, w]``: the VAE posterior's mode, or a sample drawn with
+        ``sample_generator`` when one is given."""
         pixels = self.image_processor.preprocess(image, height=height, width=width)
         pixels = pixels.to(self._execution_device, self.vae.dtype)
-        latent = self.vae.encode(pixels).latent_dist.mode()
+        posterior = self.vae.encode(pixels).latent_dist
+        latent = posterior.mode() if sample_generator is None else posterior.sample(sample_generator)
         return (latent * self.vae.config.scaling_factor).to(self.unet.dtype)
 
     @torch.no_grad()

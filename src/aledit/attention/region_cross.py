@@ -12,7 +12,9 @@ For the target branch's text-conditioned row:
 Classifier-free guidance: the unconditional rows see the empty prompt, which has no object
 tokens, so they are left as plain attention; masking and ORE act on the conditional target row
 only, and the guided noise ``e_u + g (e_c - e_u)`` carries them. Source rows are never touched.
-Masks are pooled to every layer's resolution (a cell belongs to an object when any pixel does).
+Masks are pooled to every layer's resolution (a cell belongs to an object when any pixel does);
+``mask_resize="nearest"`` resizes them as the ALE authors' code does (floor-nearest, so a thin
+object can vanish at a coarse layer).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..masks.ops import downsample_any, exclusive_regions
+from ..masks.ops import MASK_RESIZES, exclusive_regions, resize_masks
 from .base import EditAttnProcessor, split_heads
 from .recorder import AttentionRecorder
 from .state import TARGET, EditState
@@ -40,14 +42,19 @@ class RegionGuidance:
         value_embeddings: ``[N + 1, T, D]``: ``e'_base`` then ``e'_O1 .. e'_ON`` (ORE). Without
             ORE pass ``e_base`` N + 1 times: blending is then the identity and only masking acts.
         masked_logit: added to an object token's logit outside its mask (reference: -100).
+        mask_resize: how masks reach a layer's resolution: ``"any-pool"`` or ``"nearest"`` (the
+            authors' code), see :func:`~aledit.masks.ops.resize_masks`.
     """
 
     object_masks: torch.Tensor
     spans: tuple[tuple[int, int], ...]
     value_embeddings: torch.Tensor
     masked_logit: float = -100.0
+    mask_resize: str = "any-pool"
 
     def __post_init__(self):
+        if self.mask_resize not in MASK_RESIZES:
+            raise ValueError(f"mask_resize must be one of {', '.join(MASK_RESIZES)}, got {self.mask_resize!r}")
         n = self.object_masks.shape[0]
         if len(self.spans) != n or self.value_embeddings.shape[0] != n + 1:
             raise ValueError(
@@ -55,10 +62,14 @@ class RegionGuidance:
                 f"{len(self.spans)} and {self.value_embeddings.shape[0]}"
             )
 
+    def layer_masks(self, hw: tuple[int, int]) -> torch.Tensor:
+        """``[N, h, w]`` bool: the object masks at a layer's resolution."""
+        return resize_masks(self.object_masks, hw, self.mask_resize)
+
     def logit_bias(self, hw: tuple[int, int], tokens: int) -> torch.Tensor:
         """``[h*w, T]``: ``masked_logit`` where token t belongs to object i and the cell is
         outside mask i, 0 elsewhere."""
-        masks = downsample_any(self.object_masks, hw).flatten(1)  # [N, HW]
+        masks = self.layer_masks(hw).flatten(1)  # [N, HW]
         bias = torch.zeros(masks.shape[1], tokens)
         for (start, stop), mask in zip(self.spans, masks):
             bias[:, start:stop] = torch.where(mask, 0.0, self.masked_logit)[:, None]
@@ -67,7 +78,7 @@ class RegionGuidance:
     def blend_weights(self, hw: tuple[int, int]) -> torch.Tensor:
         """``[N + 1, h*w]`` one-hot region of each cell: base (background and overlaps), then
         object i's exclusive region (Eq. 3)."""
-        objects, base = exclusive_regions(downsample_any(self.object_masks, hw))
+        objects, base = exclusive_regions(self.layer_masks(hw))
         return torch.cat([base[None], objects]).flatten(1).float()
 
 

@@ -23,6 +23,9 @@ __all__ = [
     "downsample_any",
     "exclusive_regions",
     "load_mask",
+    "multiscale_nearest_union",
+    "resize_floor_nearest",
+    "resize_masks",
     "resize_nearest",
 ]
 
@@ -120,6 +123,55 @@ def downsample_any(mask: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
     else:  # upsampling: nearest is exact
         out = F.interpolate(m.float(), size=hw, mode="nearest-exact") > 0.5
     return out[0, 0] if squeeze else out[:, 0]
+
+
+def resize_floor_nearest(mask: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """Nearest-neighbour resize of ``[H, W]`` or ``[N, H, W]`` bool masks to ``hw`` that reads
+    source index ``floor(i * H / h)`` (PyTorch's ``mode="nearest"``, torchvision's
+    ``InterpolationMode.NEAREST`` on tensors: the ALE authors' resize).
+
+    :func:`resize_nearest` reads the pixel nearest to the cell's centre instead
+    (``floor((i + 0.5) * H / h)``); downsampling 768 -> 96 the two pick different pixels.
+    """
+    if tuple(mask.shape[-2:]) == tuple(hw):
+        return mask.clone()
+    squeeze = mask.ndim == 2
+    m = mask[None, None] if squeeze else mask[:, None]
+    out = F.interpolate(m.float(), size=hw, mode="nearest") > 0.5
+    return out[0, 0] if squeeze else out[:, 0]
+
+
+def multiscale_nearest_union(
+    mask: torch.Tensor, hw: tuple[int, int], factors: tuple[int, ...] = (1, 2, 4, 8)
+) -> torch.Tensor:
+    """The ALE authors' background-blend foreground: ``[H, W]`` bool -> ``[h, w]`` bool.
+
+    The union over ``f`` in ``factors`` of ``mask`` resized (:func:`resize_floor_nearest`) to
+    ``(h // f, w // f)`` and back to ``(h, w)``: coarse copies widen the region by up to ``f``
+    latent cells wherever the fine resize would drop a thin part. A side that ``f`` would make 0
+    is kept at 1 (the authors' code fails there; latents below 8 cells only).
+    """
+    out = torch.zeros(hw, dtype=torch.bool, device=mask.device)
+    for f in factors:
+        coarse = resize_floor_nearest(mask, (max(1, hw[0] // f), max(1, hw[1] // f)))
+        out |= resize_floor_nearest(coarse, hw)
+    return out
+
+
+MASK_RESIZES = ("any-pool", "nearest")
+
+
+def resize_masks(mask: torch.Tensor, hw: tuple[int, int], how: str = "any-pool") -> torch.Tensor:
+    """Masks at an attention layer's or a latent's resolution, ``[..., H, W]`` -> ``[..., h, w]``.
+
+    ``how``: ``"any-pool"`` (:func:`downsample_any`: a cell is object when any pixel it covers
+    is, the paper's reading) or ``"nearest"`` (:func:`resize_floor_nearest`, the authors' code).
+    """
+    if how == "any-pool":
+        return downsample_any(mask, hw)
+    if how == "nearest":
+        return resize_floor_nearest(mask, hw)
+    raise ValueError(f"mask resize must be one of {', '.join(MASK_RESIZES)}, got {how!r}")
 
 
 def dilation_radius(ratio: float, size: tuple[int, int]) -> int:

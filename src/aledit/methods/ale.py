@@ -10,11 +10,15 @@ Each part can be switched off on its own (the paper's ablation, Table 13):
 
 The source row is conditioned on the source prompt's ``e'_base`` when ORE is on (as the
 authors' code does), on ``e_base`` otherwise.
+
+``preset="paper"`` (default) follows the paper; ``preset="authors"`` reproduces the authors'
+code (ml-postech/ALE) in every place where the two differ (:data:`ALE_PRESETS`; each choice is
+also an option of its own, ``docs/ale_presets.md`` lists them).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import ClassVar
 
 import torch
@@ -24,15 +28,76 @@ from ..attention.mutual_self import MutualSelfAttentionProcessor
 from ..attention.recorder import AttentionRecorder
 from ..attention.region_cross import RegionGuidance, RegionGuidedCrossAttentionProcessor
 from ..edits import self_replace_for
-from ..hooks.background_blend import BackgroundBlend
-from ..ore import encode_prompts, restrict_embeddings
+from ..hooks.background_blend import BB_MASKS, BackgroundBlend, background_region
+from ..masks.ops import MASK_RESIZES
+from ..ore import ORE_INDEXINGS, ORE_ZEROINGS, encode_prompts, restrict_embeddings
 from ..prompts import edit_prompts, layout_prompt
 from ..samplers.virtual_inversion import VirtualInversionConfig, VirtualInversionSampler
-from ..validation import check_fraction, check_number
-from .base import MASKS_REQUIRED, EditPlan, Guidance, MethodContext
+from ..validation import check_choice, check_flag, check_fraction, check_number
+from .base import MASKS_REQUIRED, SOURCE_LATENTS, EditPlan, Guidance, MethodContext
 from .registry import LCM_DREAMSHAPER, MethodInfo, register
 
-__all__ = ["ALEConfig", "ALEMethod"]
+__all__ = ["ALEConfig", "ALEImplementation", "ALEMethod", "ALE_PRESETS", "BB_TIMINGS"]
+
+# When background blending acts: "eq4" after every step, on x_t and on the decoded x0 estimate;
+# "authors" after every step but the first, on x_t only (the decoded x0 is never blended).
+BB_TIMINGS = ("eq4", "authors")
+
+
+@dataclass(frozen=True)
+class ALEImplementation:
+    """The choices where the ALE paper and the authors' code differ (``docs/ale_presets.md``).
+
+    Attributes:
+        bb_mask: background-blend region at latent size, ``"any-pool"`` (paper) or
+            ``"multiscale-nearest"`` (code), see :func:`~aledit.hooks.background_region`.
+        bb_timing: ``"eq4"`` (paper) or ``"authors"`` (code), see :data:`BB_TIMINGS`.
+        cam_mask: RGB-CAM masks at each layer's size, ``"any-pool"`` (paper) or ``"nearest"``.
+        source_latent: ``"mode"`` of the VAE posterior or a ``"sample"`` from the seed's generator.
+        paired_uncond: source unconditional row whenever the target has one (code), see
+            :class:`~aledit.methods.base.Guidance`.
+        ore_indexing, ore_zeroing: ORE's ``e'_base`` indexing and ``e'_Oi`` zeroing, see
+            :func:`~aledit.ore.restrict_embeddings`.
+    """
+
+    bb_mask: str
+    bb_timing: str
+    cam_mask: str
+    source_latent: str
+    paired_uncond: bool
+    ore_indexing: str
+    ore_zeroing: str
+
+
+ALE_PRESETS = {
+    "paper": ALEImplementation(
+        bb_mask="any-pool",
+        bb_timing="eq4",
+        cam_mask="any-pool",
+        source_latent="mode",
+        paired_uncond=False,
+        ore_indexing="own",
+        ore_zeroing="other-objects",
+    ),
+    "authors": ALEImplementation(
+        bb_mask="multiscale-nearest",
+        bb_timing="authors",
+        cam_mask="nearest",
+        source_latent="sample",
+        paired_uncond=True,
+        ore_indexing="base-positions",
+        ore_zeroing="all-but-own",
+    ),
+}
+
+_CHOICES = {
+    "bb_mask": BB_MASKS,
+    "bb_timing": BB_TIMINGS,
+    "cam_mask": MASK_RESIZES,
+    "source_latent": SOURCE_LATENTS,
+    "ore_indexing": ORE_INDEXINGS,
+    "ore_zeroing": ORE_ZEROINGS,
+}
 
 
 @dataclass(frozen=True)
@@ -51,6 +116,11 @@ class ALEConfig:
             at 768; the authors' code uses 0.04).
         masked_logit: added to an object token's logit outside its mask.
         eta: share of fresh noise per step.
+        preset: ``"paper"`` or ``"authors"``: the :class:`ALEImplementation` used where the
+            paper and the authors' code differ (:data:`ALE_PRESETS`).
+        bb_mask, bb_timing, cam_mask, source_latent, paired_uncond, ore_indexing, ore_zeroing:
+            override one choice of the preset (``None``: the preset's); see
+            :class:`ALEImplementation`.
     """
 
     ore: bool = True
@@ -63,6 +133,14 @@ class ALEConfig:
     dilation_ratio: float = 0.01
     masked_logit: float = -100.0
     eta: float = 1.0
+    preset: str = "paper"
+    bb_mask: str | None = None
+    bb_timing: str | None = None
+    cam_mask: str | None = None
+    source_latent: str | None = None
+    paired_uncond: bool | None = None
+    ore_indexing: str | None = None
+    ore_zeroing: str | None = None
 
     def __post_init__(self):
         if self.guidance not in ("cfg", "embedded"):
@@ -74,6 +152,20 @@ class ALEConfig:
         check_number("dilation_ratio", self.dilation_ratio, 0.0, 1.0)
         check_number("masked_logit", self.masked_logit, None, 0.0)
         check_number("eta", self.eta, 0.0, 1.0)
+        check_choice("preset", self.preset, tuple(ALE_PRESETS))
+        for name, choices in _CHOICES.items():
+            if getattr(self, name) is not None:
+                check_choice(name, getattr(self, name), choices)
+        if self.paired_uncond is not None:
+            check_flag("paired_uncond", self.paired_uncond)
+
+    @property
+    def implementation(self) -> ALEImplementation:
+        """The preset's choices with this config's overrides applied."""
+        overrides = {
+            f.name: getattr(self, f.name) for f in fields(ALEImplementation) if getattr(self, f.name) is not None
+        }
+        return replace(ALE_PRESETS[self.preset], **overrides)
 
 
 @register(
@@ -103,7 +195,12 @@ class ALEMethod:
     @property
     def guidance(self) -> Guidance:
         cfg = self.config
-        return Guidance(cfg.source_guidance, cfg.target_guidance, embedded=cfg.guidance == "embedded")
+        return Guidance(
+            cfg.source_guidance,
+            cfg.target_guidance,
+            embedded=cfg.guidance == "embedded",
+            paired_uncond=cfg.implementation.paired_uncond,
+        )
 
     @property
     def dilation_ratio(self) -> float:
@@ -120,6 +217,7 @@ class ALEMethod:
         each by its target.
         """
         cfg = self.config
+        impl = cfg.implementation
         edits, masks, state, tokenizer = ctx.edits, ctx.masks, ctx.state, ctx.tokenizer
         self_replace = cfg.self_replace if cfg.self_replace is not None else self_replace_for(edits)
         prompts = edit_prompts(tokenizer, edits, ctx.source_prompt)
@@ -133,11 +231,20 @@ class ALEMethod:
         e_tgt, e_src, e_uncond = encoded[0], encoded[1], encoded[2]
         n = len(edits)
         if cfg.ore:
+            ore_choices = dict(base_indexing=impl.ore_indexing, zeroing=impl.ore_zeroing)
             tgt_ore = restrict_embeddings(
-                e_tgt, encoded[3 : 3 + n], prompts.target_layout, [layout_prompt(tokenizer, p, [p]) for p in tgt_phrases]
+                e_tgt,
+                encoded[3 : 3 + n],
+                prompts.target_layout,
+                [layout_prompt(tokenizer, p, [p]) for p in tgt_phrases],
+                **ore_choices,
             )
             src_ore = restrict_embeddings(
-                e_src, encoded[3 + n :], prompts.source_layout, [layout_prompt(tokenizer, p, [p]) for p in src_phrases]
+                e_src,
+                encoded[3 + n :],
+                prompts.source_layout,
+                [layout_prompt(tokenizer, p, [p]) for p in src_phrases],
+                **ore_choices,
             )
             source_cond = src_ore.base_restricted
             values = torch.cat([tgt_ore.base_restricted[None], tgt_ore.objects])
@@ -151,7 +258,13 @@ class ALEMethod:
         row_embeddings = state.layout.embeddings(source_cond, target_cond, e_uncond)
 
         guidance = (
-            RegionGuidance(masks.masks, prompts.target_layout.spans, values, masked_logit=cfg.masked_logit)
+            RegionGuidance(
+                masks.masks,
+                prompts.target_layout.spans,
+                values,
+                masked_logit=cfg.masked_logit,
+                mask_resize=impl.cam_mask,
+            )
             if cfg.rgb_cam
             else None
         )
@@ -167,7 +280,11 @@ class ALEMethod:
 
         hooks = ()
         if cfg.background_blend:
-            hooks = (BackgroundBlend(~masks.at(state.latent_hw).any(dim=0)),)
+            background = background_region(masks.masks, state.latent_hw, impl.bb_mask)
+            if impl.bb_timing == "eq4":
+                hooks = (BackgroundBlend(background),)
+            else:
+                hooks = (BackgroundBlend(background, start_step=1, blend_x0=False),)
         return EditPlan(
             row_embeddings=row_embeddings,
             choose_processor=choose,
@@ -178,4 +295,5 @@ class ALEMethod:
             inversion_embedding=e_src,
             uncond_embedding=e_uncond,
             self_replace=self_replace,
+            source_latent=impl.source_latent,
         )

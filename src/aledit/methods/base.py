@@ -34,6 +34,7 @@ __all__ = [
     "MASKS_REQUIRED",
     "MASKS_UNUSED",
     "MethodContext",
+    "SOURCE_LATENTS",
     "guidance_scale_embedding",
 ]
 
@@ -46,6 +47,10 @@ MASKS_UNUSED = "unused"  # never looks at masks
 # (MasaCtrl's and FPE's official real-image scripts).
 INVERSION_PROMPTS = ("source", "empty")
 
+# How the pipeline encodes the source image (``EditPlan.source_latent``): the VAE posterior's
+# mode, or a sample drawn with the call's generator.
+SOURCE_LATENTS = ("mode", "sample")
+
 
 @dataclass(frozen=True)
 class Guidance:
@@ -53,16 +58,24 @@ class Guidance:
 
     A branch with scale 1 needs no unconditional row, so the batch of one step holds 2 to 4
     rows (:meth:`layout`). ``embedded`` feeds LCM's guidance embedding instead of unconditional
-    rows (guidance-distilled UNets only).
+    rows (guidance-distilled UNets only). ``paired_uncond`` runs an unconditional row for both
+    branches exactly when the target's scale is above 1, whatever the source's (the ALE
+    authors' batch of four: with source scale 1 the source row is still computed, its noise is
+    ``u + 1 (c - u)``, and the target's unconditional row borrows the source's unconditional
+    self-attention); with a target scale of at most 1 neither branch is guided.
     """
 
     source: float = 1.0
     target: float = 7.5
     embedded: bool = False
+    paired_uncond: bool = False
 
     def layout(self) -> BatchLayout:
         if self.embedded:
             return BatchLayout.dual_branch(source_uncond=False, target_uncond=False)
+        if self.paired_uncond:
+            uncond = self.target > 1.0
+            return BatchLayout.dual_branch(source_uncond=uncond, target_uncond=uncond)
         return BatchLayout.dual_branch(source_uncond=self.source != 1.0, target_uncond=self.target != 1.0)
 
 
@@ -112,6 +125,9 @@ class EditPlan:
             from it).
         self_replace: the self-attention schedule used (reported in the output), if any.
         extras: method-specific results to return (e.g. masks a blend derived).
+        source_latent: how the pipeline encodes the source image: ``"mode"`` of the VAE
+            posterior, or a ``"sample"`` drawn with the call's generator before the sampler
+            draws its noise (the ALE authors' code; the same seed then gives other noise).
     """
 
     row_embeddings: torch.Tensor
@@ -124,6 +140,11 @@ class EditPlan:
     uncond_embedding: torch.Tensor | None = None
     self_replace: float | None = None
     extras: dict = field(default_factory=dict)
+    source_latent: str = "mode"
+
+    def __post_init__(self):
+        if self.source_latent not in SOURCE_LATENTS:
+            raise ValueError(f"source_latent must be one of {', '.join(SOURCE_LATENTS)}, got {self.source_latent!r}")
 
 
 @runtime_checkable
