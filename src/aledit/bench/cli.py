@@ -226,6 +226,11 @@ def _add_run_parser(sub) -> None:
         help="DINO model of the structure distance (default facebook/dino-vitb8)",
     )
     p.add_argument("--no-lpips", action="store_true", help="skip LPIPS (reported as NaN)")
+    p.add_argument(
+        "--pie-bench-resize", action="store_true",
+        help="structure distance: resize for DINO without antialiasing, as PIE-Bench's torchvision 0.13 "
+        "(default: antialiased, as torchvision >= 0.17 and the ALE authors)",
+    )
     p.add_argument("--no-metrics", action="store_true", help="store edited images only, no metrics")
     p.add_argument("--retry-failed", action="store_true", help="recompute edits stored with an error")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -264,7 +269,13 @@ def _load_metric_models(args, device: str):
         lpips = load_lpips("squeeze", device)
     lpips_label = lpips.reason if isinstance(lpips, MetricUnavailable) else "squeeze"
     config = {"clip": str(clip_id), "dino": str(dino_id), "lpips": lpips_label}
-    return MetricModels(clip=models["CLIP"], dino=models["DINO"], lpips=lpips, device=device), config
+    antialias = not getattr(args, "pie_bench_resize", False)
+    if not antialias:
+        config["structure_resize"] = "no antialias (PIE-Bench)"
+    models = MetricModels(
+        clip=models["CLIP"], dino=models["DINO"], lpips=lpips, device=device, structure_antialias=antialias
+    )
+    return models, config
 
 
 def _run_run(args) -> int:

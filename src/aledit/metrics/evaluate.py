@@ -31,12 +31,15 @@ class MetricModels:
         dino: DINO key extractor for the structure distance.
         lpips: LPIPS function, or the reason it is unavailable.
         device: where background metrics are computed.
+        structure_antialias: antialias the resize before DINO (default); ``False`` resizes as
+            PIE-Bench's torchvision 0.13 did (see :mod:`aledit.metrics.structure`).
     """
 
     clip: ClipEncoder | None = None
     dino: DinoKeyExtractor | None = None
     lpips: LpipsFn | MetricUnavailable | None = None
     device: str | torch.device = "cpu"
+    structure_antialias: bool = True
 
     @classmethod
     def from_pretrained(
@@ -114,7 +117,9 @@ def evaluate_edit(
     else:
         results.update({k: unavailable_value(MetricUnavailable(k, reasons[k])) for k in CLIP_KEYS})
     if models.dino is not None:
-        results["structure_distance"] = structure_distance(models.dino, src, edt, pie_bench_quirk)
+        results["structure_distance"] = structure_distance(
+            models.dino, src, edt, pie_bench_quirk, antialias=models.structure_antialias
+        )
     else:
         results["structure_distance"] = unavailable_value(
             MetricUnavailable("structure_distance", reasons["structure_distance"])

@@ -1,11 +1,17 @@
 """Structure distance (Tumanyan et al., Splicing ViT Features; PIE-Bench): DINO key self-similarity.
 
 For each image: resize so the shorter side is 224 (longer side at most 480; bilinear with
-antialias, as torchvision's ``Resize(224, max_size=480)`` on a tensor), ImageNet-normalise, run
+antialias, as torchvision's ``Resize(224, max_size=480)`` on a tensor since 0.17), ImageNet-normalise, run
 DINO ViT-B/8 and take the keys of the last block's attention (layer 11 of 12), all tokens
 including CLS: ``K [T, D]``. The self-similarity is ``S = cos(K_t, K_s)`` for every token pair
 (``[T, T]``, norms' product clamped at 1e-8). The distance is ``mean((S_source - S_edited)^2)``,
 on the whole image.
+
+``antialias`` (default True): the resize low-pass filters first, as torchvision's tensor
+``Resize`` does since 0.17 (and the ALE authors' environment, torchvision 0.22). PIE-Bench pins
+torchvision 0.13, whose tensor ``Resize`` did not antialias (its ``antialias=None`` meant False);
+``antialias=False`` reproduces that. On ALE-Bench's 1000x1000 images (downsampled 4.5x to 224)
+the two differ: 0.4% to 13.5% of the distance on random DINO weights (issue 14's comparison).
 
 ``pie_bench_quirk`` (default True): PIE-Bench and the ALE authors feed 0-255 pixel values to the
 ImageNet normalisation (``(x - 0.485) / 0.229`` with ``x`` up to 255), not 0-1. The default keeps
@@ -56,16 +62,20 @@ def dino_resize_hw(height: int, width: int, short_side: int = 224, max_side: int
 
 
 def dino_pixel_values(
-    image: np.ndarray, pie_bench_quirk: bool = True, short_side: int = 224, max_side: int = 480
+    image: np.ndarray,
+    pie_bench_quirk: bool = True,
+    short_side: int = 224,
+    max_side: int = 480,
+    antialias: bool = True,
 ) -> torch.Tensor:
     """DINO input ``float32 [1, 3, h, w]`` from an RGB ``uint8 [H, W, 3]`` image.
 
-    Resize (bilinear, antialias) then ImageNet normalisation of 0-255 values (quirk) or of 0-1
-    values.
+    Resize (bilinear; antialiased unless ``antialias=False``, PIE-Bench's torchvision 0.13) then
+    ImageNet normalisation of 0-255 values (quirk) or of 0-1 values.
     """
     x = torch.tensor(image, dtype=torch.float32).permute(2, 0, 1)[None]
     hw = dino_resize_hw(x.shape[-2], x.shape[-1], short_side, max_side)
-    x = F.interpolate(x, size=hw, mode="bilinear", align_corners=False, antialias=True)
+    x = F.interpolate(x, size=hw, mode="bilinear", align_corners=False, antialias=antialias)
     if not pie_bench_quirk:
         x = x / 255.0
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
@@ -132,14 +142,24 @@ class DinoKeyExtractor:
 
 
 def structure_distance(
-    dino: DinoKeyExtractor, source: ImageLike, edited: ImageLike, pie_bench_quirk: bool = True
+    dino: DinoKeyExtractor,
+    source: ImageLike,
+    edited: ImageLike,
+    pie_bench_quirk: bool = True,
+    antialias: bool = True,
 ) -> float:
     """``mean((S_source - S_edited)^2)`` of the DINO key self-similarities; 0 for equal images.
 
     ``edited`` is resized (bicubic) to the source size first, as every metric here.
+    ``antialias=False`` resizes for DINO as PIE-Bench's torchvision 0.13 did (module docstring).
     """
     src, edt = match_size(source, edited)
-    pixels = torch.cat([dino_pixel_values(src, pie_bench_quirk), dino_pixel_values(edt, pie_bench_quirk)])
+    pixels = torch.cat(
+        [
+            dino_pixel_values(src, pie_bench_quirk, antialias=antialias),
+            dino_pixel_values(edt, pie_bench_quirk, antialias=antialias),
+        ]
+    )
     sims = key_self_similarity(dino.keys(pixels))  # [2, T, T]
     return float(F.mse_loss(sims[1], sims[0]))
 
