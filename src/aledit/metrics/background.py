@@ -12,9 +12,10 @@ gives a small MSE and a high PSNR; compare numbers only under the same conventio
 * MSE: mean over all pixels and channels, on ``[0, 1]``.
 * SSIM: Gaussian window 11x11, sigma 1.5, ``k1 = 0.01``, ``k2 = 0.03``, data range 1, reflect
   padding by 5 pixels and the mean over the full ``H x W`` map, as torchmetrics computes it since
-  Lightning-AI/torchmetrics#2721 (2024; in 1.5, and in the 1.7.1 the ALE authors pinned). Older
-  torchmetrics, which PIE-Bench used in 2023, cropped a 5-pixel border before the mean, as
-  skimage does; on ALE-Bench's 1000x1000 images the two differ by about 1e-4.
+  Lightning-AI/torchmetrics#2721 (September 2024; 1.4.3 has it, as does the 1.7.1 the ALE authors
+  pinned). torchmetrics up to 1.4.0, which PIE-Bench used in 2023, cropped a 5-pixel border
+  before the mean, as skimage does; on ALE-Bench edits the two differ by up to 5.7e-4 (issue 14's
+  comparison), so compare SSIM with older tables only to about 1e-3.
 * LPIPS: SqueezeNet variant on ``[-1, 1]`` inputs (torchmetrics'
   ``LearnedPerceptualImagePatchSimilarity(net_type="squeeze")``), which needs torchvision; without
   it LPIPS is reported as NaN with a reason, never estimated.
