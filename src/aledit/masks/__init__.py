@@ -21,6 +21,9 @@ from .ops import (
     downsample_any,
     exclusive_regions,
     load_mask,
+    multiscale_nearest_union,
+    resize_floor_nearest,
+    resize_masks,
     resize_nearest,
 )
 from .provider import GivenMasks, MaskProvider
@@ -43,5 +46,8 @@ __all__ = [
     "exclusive_regions",
     "image_digest",
     "load_mask",
+    "multiscale_nearest_union",
+    "resize_floor_nearest",
+    "resize_masks",
     "resize_nearest",
 ]

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 __all__ = [
+    "MASK_RESIZES",
     "MaskError",
     "ObjectMasks",
     "ObjectNotFoundError",
