@@ -200,8 +200,12 @@ def bench_cases(n_edits: int = 200, seed: int = 0, n_objects: int = 3, size: int
     return cases
 
 
-# Method variants the comparison names on their own (PIE-Bench's "ddim+p2p": P2P without NTI).
-METHOD_VARIANTS: dict[str, tuple[str, dict]] = {"p2p-ddim": ("p2p", {"null_text": False})}
+# Method variants the comparison names on their own (PIE-Bench's "ddim+p2p": P2P without NTI;
+# ALE as the authors' code does it, docs/ale_presets.md).
+METHOD_VARIANTS: dict[str, tuple[str, dict]] = {
+    "p2p-ddim": ("p2p", {"null_text": False}),
+    "ale-authors": ("ale", {"preset": "authors"}),
+}
 
 
 def resolve_config(name: str) -> tuple[str, dict]:
