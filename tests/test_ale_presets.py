@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from aledit.attention import BatchLayout, EditState
+from aledit.attention import EditState
 from aledit.attention.region_cross import RegionGuidance
 from aledit.attention.state import SOURCE, TARGET
 from aledit.hooks.background_blend import BackgroundBlend, background_region
@@ -174,7 +174,7 @@ def test_preset_selects_the_options_and_options_override_it():
         EditPlan(row_embeddings=torch.zeros(1), choose_processor=lambda n, c: c, source_latent="mean")
 
 
-def test_cli_preset_flag_and_option(monkeypatch):
+def test_cli_preset_flag_and_option():
     from aledit.cli import build_parser
     from aledit.commands import UsageError, method_from_args
 
@@ -239,7 +239,8 @@ def test_plans_differ_exactly_in_the_listed_places(pipe):
         assert torch.equal(cam["authors"].layer_masks(hw), resize_floor_nearest(object_masks.masks, hw))
         assert torch.equal(cam["paper"].layer_masks(hw), object_masks.at(hw))
     # ORE: the source row (e'_base of the source) and the values differ; the target keys do not
-    layout_p, layout_a = ALEMethod(ALEConfig()).guidance.layout(), ALEMethod(ALEConfig(preset="authors")).guidance.layout()
+    layout_p = ALEMethod(ALEConfig()).guidance.layout()
+    layout_a = ALEMethod(ALEConfig(preset="authors")).guidance.layout()
     row = lambda plan, lay, branch: plan.row_embeddings[lay.index(branch, True)]
     assert torch.equal(row(paper, layout_p, TARGET), row(authors, layout_a, TARGET))
     assert not torch.equal(row(paper, layout_p, SOURCE), row(authors, layout_a, SOURCE))
