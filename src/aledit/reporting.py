@@ -231,7 +231,7 @@ def grouped_bar_chart(
     for ax in axes[len(metrics) :]:
         ax.set_visible(False)
     handles = [Patch(color=_COLORS[k % len(_COLORS)], label=str(n)) for k, n in enumerate(names)]
-    fig.legend(handles=handles, loc="outside upper center", ncols=min(len(names), 7), fontsize=9, frameon=False)
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(names), 7), fontsize=9, frameon=False)
     if title:
         fig.suptitle(title, fontsize=11)
     buffer = io.BytesIO()

@@ -249,6 +249,29 @@ class SyntheticBenchResult:
     seconds: float = 0.0
     extra: dict = field(default_factory=dict)
 
+    @classmethod
+    def from_records(
+        cls, records: Sequence[dict], order: Sequence[str] | None = None, first: int | None = None, **kwargs
+    ) -> SyntheticBenchResult:
+        """The result of stored records (``records.jsonl`` lines of one or more runs on the same
+        edits): configurations in ``order`` (default: as first seen), only cases ``< first``
+        when given. ``ValueError`` when a configuration has no records or the configurations did
+        not score the same cases (runs with different ``--edits`` or ``--seed``)."""
+        records = [r for r in records if first is None or r["case"] < first]
+        found = list(dict.fromkeys(r["config"] for r in records))
+        order = list(order) if order else found
+        missing = [c for c in order if c not in found]
+        if missing:
+            raise ValueError(f"no records of {', '.join(missing)} (found: {', '.join(found)})")
+        cases = {c: sorted(r["case"] for r in records if r["config"] == c) for c in order}
+        if len({tuple(v) for v in cases.values()}) != 1:
+            counts = ", ".join(f"{c}: {len(v)}" for c, v in cases.items())
+            raise ValueError(
+                f"the configurations did not score the same edits ({counts} cases); merge runs with the same "
+                "--edits and --seed, or keep the cases all of them ran with --first N"
+            )
+        return cls(tuple(r for r in records if r["config"] in order), tuple(order), **kwargs)
+
     @functools.cached_property
     def frame(self) -> pd.DataFrame:
         """The records of :attr:`configs` as a DataFrame in case order; ``config`` and
