@@ -60,7 +60,9 @@ def test_summarize_groups_in_category_order_and_counts_infinite_values():
 
 
 def test_grouped_bar_chart_renders_with_missing_values():
-    frame = pd.DataFrame({"group": ["1 obj", "1 obj", "2 obj", "2 obj"], "m": ["x", "y"] * 2, "v": [0.1, 0.2, math.nan, 0.4]})
+    frame = pd.DataFrame(
+        {"group": ["1 obj", "1 obj", "2 obj", "2 obj"], "m": ["x", "y"] * 2, "v": [0.1, 0.2, math.nan, 0.4]}
+    )
     summary = summarize(frame, ["group", "m"], ["v"])
     image = grouped_bar_chart(summary, [Metric("v", "value", False)], group="group", series="m")
     assert image.mode == "RGB" and image.width > 600 and image.height > 250
@@ -91,7 +93,9 @@ def test_docs_tables_regenerate_from_their_records(doc, records, order, first):
 
 
 def test_from_records_refuses_unpaired_runs():
-    records = [{"case": c, "config": k, "edit_type": "color", "n_edit": 1, "success": 0.0} for c in range(3) for k in "ab"]
+    records = [
+        {"case": c, "config": k, "edit_type": "color", "n_edit": 1, "success": 0.0} for c in range(3) for k in "ab"
+    ]
     with pytest.raises(ValueError, match="no records of c"):
         SyntheticBenchResult.from_records(records, ["a", "c"])
     with pytest.raises(ValueError, match="did not score the same edits"):

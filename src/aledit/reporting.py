@@ -180,7 +180,8 @@ def grouped_bar_chart(
     One panel per metric; on its x axis the values of column ``group`` (in order of first
     appearance), in each group one bar per value of ``series`` (same order, same colour in every
     panel) with its confidence interval as an error bar and the mean written above it. A bar
-    without a finite mean (``<key>_n == 0``) is replaced by ``n/a``. Returns an RGB image.
+    without a finite mean (``<key>_n == 0``) is replaced by ``n/a`` (by ``∞`` when its values
+were all infinite). Returns an RGB image.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -194,8 +195,8 @@ def grouped_bar_chart(
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     width = 0.8 / max(1, len(names))
     label_size = 7 if len(groups) * len(names) <= 24 else 6
+    indexed = summary.set_index([group, series])
     for ax, metric in zip(axes, metrics):
-        indexed = summary.set_index([group, series])
         lows, highs = [0.0], [0.0]
         for k, name in enumerate(names):
             for g, group_value in enumerate(groups):
@@ -204,7 +205,9 @@ def grouped_bar_chart(
                     continue
                 row = indexed.loc[(group_value, name)]
                 if row[f"{metric.key}_n"] == 0 or not math.isfinite(row[metric.key]):
-                    ax.text(x, 0, "n/a", rotation=90, ha="center", va="bottom", fontsize=label_size, color="0.45")
+                    only_inf = row.get(f"{metric.key}_inf", 0) > 0  # e.g. every background untouched: PSNR inf
+                    text = "∞" if only_inf else "n/a"
+                    ax.text(x, 0, text, rotation=90, ha="center", va="bottom", fontsize=label_size, color="0.45")
                     continue
                 mean, low, high = (float(row[f"{metric.key}{s}"]) for s in ("", "_low", "_high"))
                 ax.bar(
