@@ -577,7 +577,8 @@ def test_report_tables_chart_and_gallery(tmp_path, tiny_bench, tiny_metric_model
     ):
         assert title in md
     assert "| fake (bb=on) | Color |" in md and "| fake (bb=off) | Object+Material |" in md and "| other | 1 |" in md
-    assert "TE Leakage CS ↓ | TI Leakage CS ↓ | SD ↓ | Edited CS ↑ | PSNR ↑ | LPIPS ↓ | MSE ↓ | SSIM ↑" in md
+    assert "TE Leakage CS ↓ | TI Leakage CS ↓ | SD ↓ | Edited CS ↑ | PSNR ↑ | LPIPS ↓ | MSE ↓ | SSIM ↑ | PSNR ∞ |" in md
+    assert "| other | n/a | n/a | n/a | n/a | n/a | n/a | n/a | n/a | 0 | 1 | 1 |" in md  # no metrics asked
 
     with open(out / "table1_by_method.csv") as f:
         t1 = list(csv.DictReader(f))
@@ -586,7 +587,8 @@ def test_report_tables_chart_and_gallery(tmp_path, tiny_bench, tiny_metric_model
     assert on["n"] == str(limit) and on["failed"] == "0"
     for key in ("te_leakage", "ti_leakage", "structure_distance", "edited_clip", "bg_psnr", "bg_mse", "bg_ssim"):
         assert math.isfinite(float(on[key])), key
-    assert math.isnan(float(on["bg_lpips"]))
+    assert math.isnan(float(on["bg_lpips"])) and on["bg_lpips_n"] == "0"
+    assert float(on["bg_psnr_low"]) <= float(on["bg_psnr"]) <= float(on["bg_psnr_high"]) and on["bg_psnr_n"] == str(limit)
     ale_row = next(r for r in t1 if r["method"] == "ale")
     assert (ale_row["n"], ale_row["failed"]) == ("2", "0")
     assert math.isfinite(float(ale_row["edited_clip"])) and 0 < float(ale_row["bg_mse"]) < 1

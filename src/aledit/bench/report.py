@@ -2,32 +2,39 @@
 
 Tables follow the paper's layout: Table 1 by method, Table 2 by edit type, Table 3 by number of
 edited objects, with the columns TE, TI (CLIP score, lower is better), SD (structure distance),
-Edited (CLIP score of the edited regions), and background PSNR, LPIPS, MSE, SSIM. A cell is the
-mean over the successful edits of its group, skipping NaN (a metric not computed, TI of one
-object) and infinite values (PSNR of an untouched background), as pandas' ``mean`` does for
-NaN in the authors' ``evaluate_ale.py``. ``N`` counts the successful edits, ``failed`` the rest.
+Edited (CLIP score of the edited regions), and background PSNR, LPIPS, MSE, SSIM. They are
+pandas DataFrames grouped by method / edit type / object count; the Markdown and the CSV files
+are written from the same frames.
 
-Pictures are drawn with PIL only, so a report needs no plotting library.
+A cell is the mean over the *finite* values of the successful edits of its group: NaN (a metric
+not computed, TI of one object) is left out, and so is an infinite background PSNR (an edit that
+left the background untouched, bit for bit); column ``PSNR ∞`` (CSV ``bg_psnr_inf``) counts
+those edits. The ALE authors' ``evaluate_ale.py`` takes pandas' ``mean``, which skips NaN but
+gives ``inf`` for a group with any infinite PSNR: where ``PSNR ∞`` is 0 the two agree, elsewhere
+theirs is ``inf``. ``N`` counts the successful edits, ``failed`` the rest. Every mean has a 95%
+percentile-bootstrap interval (:func:`aledit.reporting.mean_ci`, ``scipy.stats.bootstrap``,
+2,000 resamples, seed 0) over the same finite values: shown in Table 1, in the CSV files as
+``<metric>_low`` / ``<metric>_high`` and as the chart's error bars. The chart (matplotlib)
+groups bars by number of edited objects, one bar per method, ``n/a`` where a metric has no
+value (TI of one object, LPIPS not computed).
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+import pandas as pd
+from PIL import Image, ImageDraw
 
 from ..edits import EditType
 from ..io import save_image_atomic, save_text_atomic
-from ..visualize import PALETTE
+from ..reporting import N_RESAMPLES, SEED, MeanCI, Metric, grouped_bar_chart, summarize, to_markdown
 from .dataset import MASK_SUFFIX, find_image
 from .store import STATUS_OK, ResultRow, read_results
 
@@ -36,10 +43,11 @@ __all__ = [
     "Column",
     "ReportError",
     "ReportFiles",
-    "bar_chart",
     "gallery_image",
     "method_labels",
-    "summarize",
+    "metrics_chart",
+    "results_frame",
+    "summary_frame",
     "write_report",
 ]
 
@@ -72,7 +80,8 @@ COLUMNS = (
     Column("MSE", "bg_mse", True, 5),
     Column("SSIM", "bg_ssim", False, 4),
 )
-_SHORT = {"te_leakage": "TE", "ti_leakage": "TI", "structure_distance": "SD", "edited_clip": "Edited"}
+METRIC_KEYS = tuple(c.key for c in COLUMNS)
+PSNR_INF = "PSNR ∞"  # Markdown header of the count of untouched backgrounds (CSV: bg_psnr_inf)
 TYPE_TITLES = {
     EditType.COLOR.value: "Color",
     EditType.OBJECT.value: "Object",
@@ -123,106 +132,108 @@ def method_labels(rows: Sequence[ResultRow]) -> dict[tuple[str, str], str]:
     return labels
 
 
-def _mean(values: Sequence[float]) -> float:
-    finite = [v for v in values if math.isfinite(v)]
-    return float(np.mean(finite)) if finite else math.nan
+def results_frame(rows: Sequence[ResultRow], labels: Mapping[tuple[str, str], str] | None = None) -> pd.DataFrame:
+    """One DataFrame row per result, sorted by method label and edit id: ``edit_id``, ``method``
+    (the label of :func:`method_labels`; categorical, sorted), ``config_id``, ``image``,
+    ``edit_type`` (categorical in :class:`EditType` order, unknown types after), ``objects``,
+    ``edits``, ``seed``, ``status``, ``error``, ``seconds``, every metric of :data:`COLUMNS`
+    (NaN when not computed) and ``output``."""
+    labels = labels if labels is not None else method_labels(rows)
+    frame = pd.DataFrame(
+        {
+            "edit_id": r.edit_id,
+            "method": labels[(r.method, r.config_id)],
+            "config_id": r.config_id,
+            "image": r.image,
+            "edit_type": r.edit_type,
+            "objects": r.num_objects,
+            "edits": "; ".join(f"{s} -> {t}" for s, t in r.pairs),
+            "seed": r.seed,
+            "status": r.status,
+            "error": r.error or "",
+            "seconds": math.nan if r.seconds is None else r.seconds,
+            **{key: r.metric(key) for key in METRIC_KEYS},
+            "output": r.output or "",
+        }
+        for r in rows
+    )
+    types = [t.value for t in EditType]
+    types += sorted(set(frame["edit_type"]) - set(types))
+    frame["method"] = pd.Categorical(frame["method"], categories=sorted(set(frame["method"])))
+    frame["edit_type"] = pd.Categorical(frame["edit_type"], categories=types)
+    return frame.sort_values(["method", "edit_id"], kind="stable", ignore_index=True)
 
 
-def summarize(
-    rows: Sequence[ResultRow], group: Callable[[ResultRow], tuple], labels: Mapping[tuple[str, str], str] | None = None
-) -> list[dict]:
-    """One dict per group (sorted by key): ``{"key": group key, "n": ok edits, "failed": ...,
-    <metric key>: mean}``. ``group(row)`` gives the key; ``labels`` maps (method, config id) to
-    the label ``group`` may use via ``row``."""
-    buckets: dict[tuple, list[ResultRow]] = defaultdict(list)
-    for row in rows:
-        buckets[group(row)].append(row)
-    out = []
-    for key in sorted(buckets):
-        ok = [r for r in buckets[key] if r.status == STATUS_OK]
-        entry = {"key": key, "n": len(ok), "failed": len(buckets[key]) - len(ok)}
-        for col in COLUMNS:
-            entry[col.key] = _mean([r.metric(col.key) for r in ok])
-        out.append(entry)
+def summary_frame(frame: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
+    """One row per group of ``by`` (sorted): the ``by`` columns, ``n`` (successful edits),
+    ``failed``, and per metric its mean over the finite values of the successful edits with
+    ``_low`` / ``_high`` (95% bootstrap CI), ``_n`` (finite values) and ``_inf`` (infinite
+    values) columns (:func:`aledit.reporting.summarize`)."""
+    by = list(by)
+    ok = frame["status"] == STATUS_OK
+    counts = (
+        frame.assign(n=ok.astype(int), failed=(~ok).astype(int))
+        .groupby(by, sort=True, observed=True)[["n", "failed"]]
+        .sum()
+        .reset_index()
+    )
+    stats = summarize(frame[ok], by, METRIC_KEYS).drop(columns="size")
+    out = counts.merge(stats, on=by, how="left", sort=False)
+    count_columns = [f"{k}{s}" for k in METRIC_KEYS for s in ("_n", "_inf")]
+    out[count_columns] = out[count_columns].fillna(0).astype(int)
     return out
 
 
-def _cell(value: float, decimals: int) -> str:
-    if math.isnan(value):
-        return "NaN"
-    return f"{value:.{decimals}f}"
+def _cell(row, col: Column, with_ci: bool) -> str:
+    ci = MeanCI(row[col.key], row[f"{col.key}_low"], row[f"{col.key}_high"], int(row[f"{col.key}_n"]))
+    if ci.n == 0:
+        return "n/a"
+    return ci.format(col.decimals) if with_ci else f"{ci.mean:.{col.decimals}f}"
 
 
-def _markdown_table(headers: Sequence[str], summary: Sequence[dict], key_cells: Callable[[tuple], list[str]]) -> str:
-    lines = ["| " + " | ".join([*headers, *(c.title for c in COLUMNS), "N", "failed"]) + " |"]
-    lines.append("|" + "|".join(["---"] * len(headers) + ["---:"] * (len(COLUMNS) + 2)) + "|")
-    for entry in summary:
-        cells = [*key_cells(entry["key"]), *(_cell(entry[c.key], c.decimals) for c in COLUMNS)]
-        lines.append("| " + " | ".join([*cells, str(entry["n"]), str(entry["failed"])]) + " |")
-    return "\n".join(lines)
+def _markdown(summary: pd.DataFrame, keys: Mapping[str, str], with_ci: bool = False) -> str:
+    """Markdown of a :func:`summary_frame`: ``keys`` maps its key columns to headers."""
+    table = pd.DataFrame({header: summary[column] for column, header in keys.items()})
+    if "edit_type" in keys:
+        header = keys["edit_type"]
+        table[header] = [TYPE_TITLES.get(t, t) for t in table[header]]
+    for col in COLUMNS:
+        table[col.title] = [_cell(row, col, with_ci) for _, row in summary.iterrows()]
+    table[PSNR_INF] = summary["bg_psnr_inf"]
+    table["N"] = summary["n"]
+    table["failed"] = summary["failed"]
+    return to_markdown(table, right=[*(c.title for c in COLUMNS), PSNR_INF, "N", "failed"])
 
 
-def _csv_text(headers: Sequence[str], summary: Sequence[dict], key_cells: Callable[[tuple], list[str]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow([*headers, *(c.key for c in COLUMNS), "n", "failed"])
-    for entry in summary:
-        writer.writerow(
-            [*key_cells(entry["key"]), *(repr(float(entry[c.key])) for c in COLUMNS), entry["n"], entry["failed"]]
-        )
-    return buffer.getvalue()
+def _csv(summary: pd.DataFrame, keys: Mapping[str, str]) -> str:
+    """CSV of a :func:`summary_frame`: key columns (renamed by ``keys``), the means, ``n``,
+    ``failed``, ``bg_psnr_inf``, then each metric's ``_low``, ``_high`` and ``_n``."""
+    columns = [
+        *keys, *METRIC_KEYS, "n", "failed", "bg_psnr_inf",
+        *(f"{k}{s}" for k in METRIC_KEYS for s in ("_low", "_high", "_n")),
+    ]
+    return summary[columns].rename(columns=keys).to_csv(index=False, na_rep="nan", lineterminator="\n")
 
 
 # -- pictures --------------------------------------------------------------------------------
 
 
-def _font(size: int):
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError, ImportError):  # Pillow without FreeType: the small bitmap font
-        return ImageFont.load_default()
-
-
-def _arrow(draw: ImageDraw.ImageDraw, x: float, y: float, down: bool, size: int = 10) -> None:
-    """A small filled triangle (the default font has no arrow glyphs): down = lower is better."""
-    tip, base = (y + size, y) if down else (y, y + size)
-    draw.polygon([(x, base), (x + size, base), (x + size / 2, tip)], fill=(70, 70, 70))
-
-
-def bar_chart(summary: Sequence[dict], names: Sequence[str], columns: Sequence[Column] = COLUMNS) -> Image.Image:
-    """One panel per metric (an arrow says which way is better), one bar per entry of ``summary``
-    (labelled by ``names``), value on top; a legend below. Non-finite means are marked ``n/a``."""
-    panel_w, panel_h, cols = 250, 210, 4
-    rows_n = math.ceil(len(columns) / cols)
-    legend_h = 24 * len(names) + 16
-    image = Image.new("RGB", (panel_w * cols, panel_h * rows_n + legend_h), "white")
-    draw = ImageDraw.Draw(image)
-    title_font, small = _font(15), _font(11)
-    for i, col in enumerate(columns):
-        x0, y0 = (i % cols) * panel_w, (i // cols) * panel_h
-        draw.text((x0 + 10, y0 + 6), col.header, fill="black", font=title_font)
-        _arrow(draw, x0 + 16 + draw.textlength(col.header, font=title_font), y0 + 8, down=col.lower_is_better)
-        values = [entry[col.key] for entry in summary]
-        finite = [v for v in values if math.isfinite(v)]
-        top = max(finite, default=0.0)
-        top = top * 1.15 if top > 0 else 1.0
-        base_y, plot_h = y0 + panel_h - 18, panel_h - 58
-        draw.line([x0 + 10, base_y, x0 + panel_w - 10, base_y], fill=(120, 120, 120))
-        slot = (panel_w - 30) / max(1, len(values))
-        for j, value in enumerate(values):
-            bx = x0 + 15 + j * slot
-            bw = max(4.0, slot * 0.7)
-            if math.isfinite(value):
-                h = max(1.0, plot_h * max(value, 0.0) / top)
-                draw.rectangle([bx, base_y - h, bx + bw, base_y], fill=PALETTE[j % len(PALETTE)])
-                draw.text((bx, base_y - h - 14), f"{value:.{col.decimals}f}", fill="black", font=small)
-            else:
-                draw.text((bx, base_y - 14), "n/a", fill=(120, 120, 120), font=small)
-    ly = panel_h * rows_n + 8
-    for j, name in enumerate(names):
-        draw.rectangle([12, ly + 24 * j, 28, ly + 24 * j + 16], fill=PALETTE[j % len(PALETTE)])
-        draw.text((36, ly + 24 * j), name, fill="black", font=title_font)
-    return image
+def metrics_chart(frame: pd.DataFrame, columns: Sequence[Column] = COLUMNS) -> Image.Image:
+    """Grouped bars (matplotlib): one panel per metric, on its x axis all edits and each number
+    of edited objects, one bar per method with its 95% CI and its mean written above; ``n/a``
+    where a metric has no value (TI of one object, a metric not computed)."""
+    ok = frame[frame["status"] == STATUS_OK]
+    keys = [c.key for c in columns]
+    overall = summarize(ok.assign(group="all edits"), ["group", "method"], keys)
+    by_count = summarize(ok, ["objects", "method"], keys)
+    by_count.insert(0, "group", [f"{c} obj" for c in by_count["objects"]])
+    summary = pd.concat([overall, by_count.drop(columns="objects")], ignore_index=True)
+    summary["method"] = summary["method"].astype(str)
+    metrics = [Metric(c.key, c.header, not c.lower_is_better, c.decimals) for c in columns]
+    return grouped_bar_chart(
+        summary, metrics, group="group", series="method", ncols=2, panel_size=(7.0, 3.0),
+        title=f"Benchmark: mean over successful edits and 95% bootstrap CI ({len(ok)} edits)",
+    )
 
 
 def _tile(text: str, size: tuple[int, int]) -> Image.Image:
@@ -306,6 +317,18 @@ def gallery_image(
 # -- the report ------------------------------------------------------------------------------
 
 
+TABLES = (
+    ("Table 1. By method", "table1_by_method.csv", {"method": "Method"}, True),
+    ("Table 2. By edit type", "table2_by_edit_type.csv", {"method": "Method", "edit_type": "Editing Type"}, False),
+    (
+        "Table 3. By number of edited objects",
+        "table3_by_object_count.csv",
+        {"method": "Method", "objects": "# of Editing Objects"},
+        False,
+    ),
+)
+
+
 def write_report(
     run_dirs: Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,
@@ -328,114 +351,53 @@ def write_report(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     labels = method_labels(rows)
-
-    def label(r: ResultRow) -> str:
-        return labels[(r.method, r.config_id)]
-
-    type_rank = {t.value: i for i, t in enumerate(EditType)}
-    by_method = summarize(rows, lambda r: (label(r),))
-    by_type = summarize(rows, lambda r: (label(r), type_rank.get(r.edit_type, 99), r.edit_type))
-    by_count = summarize(rows, lambda r: (label(r), r.num_objects))
-    tables = [
-        (
-            "Table 1. By method",
-            "table1_by_method.csv",
-            ["Method"],
-            ["method"],
-            by_method,
-            lambda k: [k[0]],
-            lambda k: [k[0]],
-        ),
-        (
-            "Table 2. By edit type",
-            "table2_by_edit_type.csv",
-            ["Method", "Editing Type"],
-            ["method", "edit_type"],
-            by_type,
-            lambda k: [k[0], TYPE_TITLES.get(k[2], k[2])],
-            lambda k: [k[0], k[2]],
-        ),
-        (
-            "Table 3. By number of edited objects",
-            "table3_by_object_count.csv",
-            ["Method", "# of Editing Objects"],
-            ["method", "objects"],
-            by_count,
-            lambda k: [k[0], str(k[1])],
-            lambda k: [k[0], k[1]],
-        ),
-    ]
-    ok = sum(r.status == STATUS_OK for r in rows)
+    frame = results_frame(rows, labels)
+    ok = int((frame["status"] == STATUS_OK).sum())
+    infinite = int(frame.loc[frame["status"] == STATUS_OK, "bg_psnr"].map(math.isinf).sum())
     md = [
         "# Benchmark report",
         "",
-        f"Runs: {', '.join(str(Path(d)) for d in run_dirs)}. Results: {ok} edited, {len(rows) - ok} failed.",
+        f"Runs: {', '.join(str(Path(d)) for d in run_dirs)}. Results: {ok} edited, {len(frame) - ok} failed.",
         "",
         (
             "TE, TI and Edited are CLIP scores (x100); SD is the DINO structure distance; PSNR, LPIPS, MSE and "
-            "SSIM are measured outside the edited objects. Means skip NaN (metric not computed; TI of one object) "
-            "and infinite values (PSNR of an untouched background)."
+            "SSIM are measured outside the edited objects. A cell is the mean over the finite values of the "
+            "group's successful edits: n/a where there are none (metric not computed; TI of one object). "
+            f"An untouched background has PSNR = inf: such edits are left out of the PSNR mean and counted in "
+            f"`{PSNR_INF}` ({infinite} in all; the ALE authors' pandas mean would be inf for any group with one). "
+            f"Table 1 gives the 95% percentile-bootstrap CI (`scipy.stats.bootstrap`, {N_RESAMPLES:,} resamples, "
+            f"seed {SEED}) in brackets; the CSV files give it for every table (`<metric>_low`, `<metric>_high`)."
         ),
     ]
     csv_paths = []
-    for title, filename, md_headers, csv_headers, summary, md_keys, csv_keys in tables:
-        md += ["", f"## {title}", "", _markdown_table(md_headers, summary, md_keys)]
-        save_text_atomic(_csv_text(csv_headers, summary, csv_keys), out / filename)
+    for title, filename, keys, with_ci in TABLES:
+        summary = summary_frame(frame, list(keys))
+        md += ["", f"## {title}", "", _markdown(summary, keys, with_ci)]
+        save_text_atomic(_csv(summary, {k: k for k in keys}), out / filename)
         csv_paths.append(out / filename)
     md += ["", "## Methods", ""]
     for (method, cid), name in sorted(labels.items(), key=lambda kv: kv[1]):
         config = next(r.config for r in rows if r.method == method and r.config_id == cid)
         md.append(f"- **{name}** (config `{cid}`): `{json.dumps(config, sort_keys=True, default=str)}`")
-    failures = [r for r in rows if r.status != STATUS_OK]
-    if failures:
-        md += ["", "## Failed edits", "", "| Edit | Method | Error |", "|---|---|---|"]
-        for r in sorted(failures, key=lambda r: (label(r), r.edit_id))[:100]:
-            md.append(f"| {r.edit_id} | {label(r)} | {(r.error or '').replace('|', '/')[:200]} |")
+    failures = frame[frame["status"] != STATUS_OK]
+    if len(failures):
+        shown = failures.head(100)
+        table = pd.DataFrame(
+            {"Edit": shown["edit_id"], "Method": shown["method"].astype(str), "Error": shown["error"].str[:200]}
+        )
+        md += ["", "## Failed edits", "", to_markdown(table)]
         if len(failures) > 100:
             md.append(f"| ... | | {len(failures) - 100} more in rows.csv |")
     save_text_atomic("\n".join(md) + "\n", out / "report.md")
 
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(
-        [
-            "edit_id",
-            "method",
-            "config_id",
-            "image",
-            "edit_type",
-            "objects",
-            "edits",
-            "seed",
-            "status",
-            "error",
-            "seconds",
-            *(c.key for c in COLUMNS),
-            "output",
-        ]
-    )
-    for r in sorted(rows, key=lambda r: (label(r), r.edit_id)):
-        writer.writerow(
-            [
-                r.edit_id,
-                label(r),
-                r.config_id,
-                r.image,
-                r.edit_type,
-                r.num_objects,
-                "; ".join(f"{s} -> {t}" for s, t in r.pairs),
-                r.seed,
-                r.status,
-                r.error or "",
-                "" if r.seconds is None else f"{r.seconds:.3f}",
-                *(repr(r.metric(c.key)) for c in COLUMNS),
-                r.output or "",
-            ]
-        )
-    save_text_atomic(buffer.getvalue(), out / "rows.csv")
+    columns = ["edit_id", "method", "config_id", "image", "edit_type", "objects", "edits", "seed", "status", "error",
+               "seconds", *METRIC_KEYS, "output"]
+    seconds = [f"{v:.3f}" if math.isfinite(v) else "" for v in frame["seconds"]]
+    listing = frame[columns].assign(seconds=seconds)
+    save_text_atomic(listing.to_csv(index=False, na_rep="nan", lineterminator="\n"), out / "rows.csv")
 
     chart = out / "metrics.png"
-    save_image_atomic(bar_chart(by_method, [e["key"][0] for e in by_method]), chart)
+    save_image_atomic(metrics_chart(frame), chart)
     gallery_path = None
     if gallery:
         gallery_path = out / "gallery.png"

@@ -6,9 +6,10 @@ multiplied by the background mask ``1 - union(masks)``; the metric is then compu
 gives a small MSE and a high PSNR; compare numbers only under the same convention.
 
 * PSNR: ``10 log10(1 / MSE)`` with data range 1. Identical images give ``inf`` (what torchmetrics
-  and therefore PIE-Bench and the ALE authors' code return); no cap is applied, so a mean over a
-  benchmark that contains an untouched background is ``inf``, which is loud rather than silently
-  biased.
+  and therefore PIE-Bench and the ALE authors' code return); no cap is applied. Averaging is the
+  report's business: ``aledit bench report`` averages the finite values and counts the infinite
+  ones in its ``PSNR ∞`` column (docs/bench.md, "Means are over finite values"); the authors'
+  pandas mean of a group with an untouched background is ``inf``.
 * MSE: mean over all pixels and channels, on ``[0, 1]``.
 * SSIM: Gaussian window 11x11, sigma 1.5, ``k1 = 0.01``, ``k2 = 0.03``, data range 1, reflect
   padding by 5 pixels and the mean over the full ``H x W`` map, as torchmetrics computes it since

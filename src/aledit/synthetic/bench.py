@@ -12,29 +12,43 @@ with :meth:`SyntheticEditSettings.options` (same steps and guidance for all). Me
 masks get the exact scene masks; methods that only optionally use them (local blends) find
 their regions from attention unless ``give_masks``.
 
-Tables (Markdown) give the mean of each score and its 95% confidence interval from a
-percentile bootstrap over edits (:func:`mean_ci`: 2,000 resamples with a fixed seed; NaN scores,
-e.g. TI leakage of one-object edits, are left out and ``n`` says how many remained). Every
-configuration sees the same edits, so differences between rows are paired;
-:func:`paired_difference_ci` gives the CI of a difference.
+Tables (Markdown, from pandas DataFrames grouped by configuration, object count and edit
+type) give the mean of each score and its 95% confidence interval from a percentile bootstrap
+over edits (:func:`aledit.reporting.mean_ci`: ``scipy.stats.bootstrap``, 2,000 resamples, seed
+0; NaN scores, e.g. TI leakage of one-object edits, are left out and ``n`` says how many
+remained). Every configuration sees the same edits, so differences between rows are paired;
+:func:`paired_difference_ci` gives the CI of a difference. The chart (matplotlib) shows the same
+means and intervals as grouped bars.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
-import math
 import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image, ImageDraw
+import pandas as pd
+from PIL import Image
 from tqdm.auto import tqdm
 
 from ..edits import EditType
+from ..reporting import (
+    N_RESAMPLES,
+    SEED,
+    MeanCI,
+    Metric,
+    grouped_bar_chart,
+    mean_ci,
+    paired_difference_ci,
+    summarize,
+    to_markdown,
+)
 from .metrics import score_edit
 from .model import ABLATION_SWITCHES, SYNTHETIC_EDIT_SETTINGS, SyntheticEditSettings
 from .scenes import (
@@ -82,64 +96,6 @@ SCORE_KEYS: tuple[tuple[str, str, bool], ...] = (
     ("color_kept", "colour kept", True),
     ("material_kept", "material kept", True),
 )
-
-
-# ---------------------------------------------------------------------------------------------
-# Confidence intervals
-
-
-@dataclass(frozen=True)
-class MeanCI:
-    """A mean with its confidence interval.
-
-    Attributes:
-        mean: mean of the finite values (NaN when there are none).
-        low, high: interval bounds (equal to the mean when n == 1; NaN when n == 0).
-        n: number of finite values.
-    """
-
-    mean: float
-    low: float
-    high: float
-    n: int
-
-    def format(self, digits: int = 3) -> str:
-        if self.n == 0:
-            return "n/a"
-        return f"{self.mean:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
-
-
-def mean_ci(
-    values: Sequence[float] | np.ndarray, confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0
-) -> MeanCI:
-    """Mean and percentile-bootstrap confidence interval of ``values`` (NaN left out).
-
-    The interval is the ``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` quantiles of the
-    means of ``n_resamples`` resamples with replacement, drawn with ``numpy``'s generator seeded
-    by ``seed`` (reproducible). With all values equal the interval is that value.
-    """
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    x = np.asarray(values, dtype=np.float64)
-    x = x[np.isfinite(x)]
-    if x.size == 0:
-        return MeanCI(math.nan, math.nan, math.nan, 0)
-    mean = float(x.mean())
-    if x.size == 1:
-        return MeanCI(mean, mean, mean, 1)
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, x.size, size=(n_resamples, x.size))].mean(axis=1)
-    alpha = (1 - confidence) / 2
-    low, high = np.quantile(means, [alpha, 1 - alpha])
-    return MeanCI(mean, float(min(low, mean)), float(max(high, mean)), int(x.size))
-
-
-def paired_difference_ci(a: Sequence[float], b: Sequence[float], **kwargs) -> MeanCI:
-    """CI of the mean of ``a - b`` over pairs where both are finite (same edits, two configs)."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"paired values need equal lengths, got {a.shape} and {b.shape}")
-    return mean_ci(a - b, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,14 +219,20 @@ def edit_case(
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A Markdown table: one header row, then ``rows`` (cells already formatted)."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
+    """A Markdown table: one header row, then ``rows`` (cells already formatted), via a DataFrame."""
+    return to_markdown(pd.DataFrame([list(r) for r in rows], columns=list(header)))
 
 
 def _titles(keys: Sequence[tuple[str, str, bool]]) -> list[str]:
     return [f"{title} {'↑' if up else '↓'}" for _, title, up in keys]
+
+
+def _ci_cells(summary: pd.DataFrame, key: str, digits: int = 3) -> list[str]:
+    """``mean [low, high]`` (or ``n/a``) per row of a :func:`~aledit.reporting.summarize` frame."""
+    return [
+        MeanCI(row[key], row[f"{key}_low"], row[f"{key}_high"], int(row[f"{key}_n"])).format(digits)
+        for _, row in summary.iterrows()
+    ]
 
 
 @dataclass(frozen=True)
@@ -291,6 +253,43 @@ class SyntheticBenchResult:
     seconds: float = 0.0
     extra: dict = field(default_factory=dict)
 
+    @classmethod
+    def from_records(
+        cls, records: Sequence[dict], order: Sequence[str] | None = None, first: int | None = None, **kwargs
+    ) -> SyntheticBenchResult:
+        """The result of stored records (``records.jsonl`` lines of one or more runs on the same
+        edits): configurations in ``order`` (default: as first seen), only cases ``< first``
+        when given. ``ValueError`` when a configuration has no records or the configurations did
+        not score the same cases (runs with different ``--edits`` or ``--seed``)."""
+        records = [r for r in records if first is None or r["case"] < first]
+        found = list(dict.fromkeys(r["config"] for r in records))
+        order = list(order) if order else found
+        missing = [c for c in order if c not in found]
+        if missing:
+            raise ValueError(f"no records of {', '.join(missing)} (found: {', '.join(found)})")
+        cases = {c: sorted(r["case"] for r in records if r["config"] == c) for c in order}
+        if len({tuple(v) for v in cases.values()}) != 1:
+            counts = ", ".join(f"{c}: {len(v)}" for c, v in cases.items())
+            raise ValueError(
+                f"the configurations did not score the same edits ({counts} cases); merge runs with the same "
+                "--edits and --seed, or keep the cases all of them ran with --first N"
+            )
+        return cls(tuple(r for r in records if r["config"] in order), tuple(order), **kwargs)
+
+    @functools.cached_property
+    def frame(self) -> pd.DataFrame:
+        """The records of :attr:`configs` as a DataFrame in case order; ``config`` and
+        ``edit_type`` are categorical (table order, :data:`EDIT_TYPES` order), so groups sort
+        that way. Case order matters: the bootstrap resamples positions."""
+        frame = pd.DataFrame(list(self.records))
+        frame = frame[frame["config"].isin(self.configs)].sort_values("case", kind="stable", ignore_index=True)
+        types = [t.value for t in EDIT_TYPES]
+        types += sorted(set(frame["edit_type"]) - set(types))
+        return frame.assign(
+            config=pd.Categorical(frame["config"], categories=list(self.configs)),
+            edit_type=pd.Categorical(frame["edit_type"], categories=types),
+        )
+
     def values(self, config: str, key: str, where: Callable[[dict], bool] | None = None) -> np.ndarray:
         """Scores ``key`` of ``config`` in case order (optionally filtered)."""
         rows = [r for r in self.records if r["config"] == config and (where is None or where(r))]
@@ -306,38 +305,42 @@ class SyntheticBenchResult:
 
     def ablation_table(self, keys: Sequence[tuple[str, str, bool]] = SCORE_KEYS) -> str:
         """Markdown: one row per configuration, mean [95% CI] of each score over all edits."""
-        rows = [[config, *(self.summary(config, key).format() for key, _, _ in keys)] for config in self.configs]
-        return markdown_table(["config", *_titles(keys)], rows)
+        summary = summarize(self.frame, ["config"], [k for k, _, _ in keys])
+        table = pd.DataFrame({"config": summary["config"].astype(str)})
+        for (key, _, _), title in zip(keys, _titles(keys)):
+            table[title] = _ci_cells(summary, key)
+        return to_markdown(table)
 
     def object_count_table(self, keys: Sequence[tuple[str, str, bool]] = SCORE_KEYS[:4]) -> str:
         """Markdown: one row per (number of edited objects, configuration)."""
-        rows = []
-        for count in sorted({r["n_edit"] for r in self.records}):
-            where = lambda r, c=count: r["n_edit"] == c
-            for config in self.configs:
-                n = len(self.values(config, "success", where))
-                rows.append([str(count), config, str(n), *(self.summary(config, key, where).format() for key, _, _ in keys)])
-        return markdown_table(["objects", "config", "n", *_titles(keys)], rows)
+        summary = summarize(self.frame, ["n_edit", "config"], [k for k, _, _ in keys])
+        table = pd.DataFrame(
+            {"objects": summary["n_edit"], "config": summary["config"].astype(str), "n": summary["size"]}
+        )
+        for (key, _, _), title in zip(keys, _titles(keys)):
+            table[title] = _ci_cells(summary, key)
+        return to_markdown(table)
 
     def edit_type_table(self, key: str = "success") -> str:
         """Markdown: ``key`` per edit type (rows) and configuration (columns)."""
-        rows = []
-        for edit_type in EDIT_TYPES:
-            where = lambda r, t=edit_type.value: r["edit_type"] == t
-            if any(where(r) for r in self.records):
-                rows.append([edit_type.value, *(self.summary(c, key, where).format(2) for c in self.configs)])
-        return markdown_table(["edit type", *self.configs], rows)
+        summary = summarize(self.frame, ["edit_type", "config"], [key])
+        cells = summary.assign(cell=_ci_cells(summary, key, 2), config=summary["config"].astype(str))
+        table = cells.pivot(index="edit_type", columns="config", values="cell")
+        types = list(dict.fromkeys(summary["edit_type"]))  # EDIT_TYPES order (the groups' order)
+        table = table.reindex(index=types, columns=list(self.configs)).fillna("n/a")
+        return to_markdown(table.rename_axis(index="edit type", columns=None).reset_index())
 
     def difference_table(self, reference: str | None = None, keys=SCORE_KEYS[:4]) -> str:
         """Markdown: paired difference (config minus ``reference``, default ``naive`` when run,
-        else the first configuration) with its 95% CI."""
+        else the first configuration) with its 95% CI, over the edits both scored."""
         reference = reference or ("naive" if "naive" in self.configs else self.configs[0])
-        rows = [
-            [config, *(paired_difference_ci(self.values(config, k), self.values(reference, k)).format() for k, _, _ in keys)]
-            for config in self.configs
-            if config != reference
-        ]
-        return markdown_table([f"config − {reference}", *(f"Δ {t}" for _, t, _ in keys)], rows)
+        frame = self.frame.assign(config=self.frame["config"].astype(str))
+        others = [c for c in self.configs if c != reference]
+        table = pd.DataFrame({f"config − {reference}": others})
+        for key, title, _ in keys:
+            wide = frame.pivot(index="case", columns="config", values=key).sort_index()
+            table[f"Δ {title}"] = [paired_difference_ci(wide[c], wide[reference]).format() for c in others]
+        return to_markdown(table)
 
     def markdown(self) -> str:
         s = self.settings
@@ -352,7 +355,8 @@ class SyntheticBenchResult:
             (
                 f"{self.n_cases} edits (the five edit types x 1-3 edited objects of 3-object 64x64 scenes), "
                 "each run with every configuration on the same noise; exact pixel scores "
-                "(`aledit.synthetic.score_edit`); mean [95% percentile-bootstrap CI, 2,000 resamples]. "
+                "(`aledit.synthetic.score_edit`); mean [95% percentile-bootstrap CI: `scipy.stats.bootstrap`, "
+                f"{N_RESAMPLES:,} resamples, seed {SEED}]. "
                 f"Engine: steps {s.steps}, eta {s.eta}, target guidance {s.target_guidance}, size {s.size}, "
                 f"mask dilation {s.dilation_ratio}; exact scene masks {masks}."
                 + (f" {self.seconds:.0f} s." if self.seconds else "")
@@ -382,58 +386,25 @@ class SyntheticBenchResult:
         return "\n".join(parts)
 
     def chart(self) -> Image.Image:
-        """Bar chart (PIL): top row the ablation (success, TI leakage, TE changed), bottom row
-        the same scores by number of edited objects; whiskers are the 95% CIs. Each score's
-        axis runs from 0 to the smallest of 0.1, 0.25, 0.5, 1 that holds every interval."""
+        """Grouped bars (matplotlib): one panel per score (success, TI leakage, TE changed), on
+        its x axis all edits and each number of edited objects, one bar per configuration with
+        its 95% CI and its mean written above; ``n/a`` where a score does not apply (TI leakage
+        of one object)."""
         keys = SCORE_KEYS[:3]
-        counts = sorted({r["n_edit"] for r in self.records})
-        panel_w, panel_h, margin, header = 300, 220, 40, 44
-        image = Image.new("RGB", (panel_w * len(keys), 2 * (panel_h + margin) + header - 14), "white")
-        draw = ImageDraw.Draw(image)
-        palette = [(150, 150, 150), (70, 130, 200), (60, 170, 90), (230, 150, 40), (200, 50, 60)]
-        rows = ([(None, "all edits")], [(c, f"{c} obj") for c in counts])
-        for col, (key, title, up) in enumerate(keys):
-            summaries = {
-                (g, config): self.summary(config, key, None if g is None else (lambda r, c=g: r["n_edit"] == c))
-                for groups in rows
-                for g, _ in groups
-                for config in self.configs
-            }
-            highs = [ci.high for ci in summaries.values() if ci.n]
-            top_value = next((v for v in (0.1, 0.25, 0.5) if highs and max(highs) <= v), 1.0)
-            for row, groups in enumerate(rows):
-                x0, y0 = col * panel_w, row * (panel_h + margin) + header
-                draw.text((x0 + 10, y0 - 14), f"{title} ({'higher' if up else 'lower'} is better)", fill=(0, 0, 0))
-                ax_x0, ax_x1, ax_y0, ax_y1 = x0 + 40, x0 + panel_w - 10, y0 + 6, y0 + panel_h - 24
-
-                def y_of(value: float, top=top_value, low_y=ax_y1, high_y=ax_y0) -> float:
-                    return low_y - min(value, top) / top * (low_y - high_y)
-
-                draw.line([(ax_x0, ax_y0), (ax_x0, ax_y1), (ax_x1, ax_y1)], fill=(0, 0, 0))
-                for tick in (0.0, top_value / 2, top_value):
-                    draw.line([(ax_x0 - 3, y_of(tick)), (ax_x0, y_of(tick))], fill=(0, 0, 0))
-                    draw.text((x0 + 4, y_of(tick) - 6), f"{tick:.3g}", fill=(0, 0, 0))
-                group_w = (ax_x1 - ax_x0) / len(groups)
-                bar_w = group_w / (len(self.configs) + 1)
-                for g, (count, label) in enumerate(groups):
-                    gx = ax_x0 + g * group_w + bar_w / 2
-                    for k, config in enumerate(self.configs):
-                        ci = summaries[(count, config)]
-                        if ci.n == 0:
-                            continue
-                        bx0, bx1 = gx + k * bar_w, gx + (k + 1) * bar_w - 2
-                        draw.rectangle([bx0, y_of(ci.mean), bx1, ax_y1], fill=palette[k % len(palette)])
-                        cx, lo, hi = (bx0 + bx1) / 2, y_of(ci.low), y_of(ci.high)
-                        draw.line([(cx, lo), (cx, hi)], fill=(0, 0, 0))
-                        draw.line([(cx - 2, lo), (cx + 2, lo)], fill=(0, 0, 0))
-                        draw.line([(cx - 2, hi), (cx + 2, hi)], fill=(0, 0, 0))
-                    draw.text((gx, ax_y1 + 4), label, fill=(0, 0, 0))
-        x = 10
-        for k, config in enumerate(self.configs):
-            draw.rectangle([x, 6, x + 12, 18], fill=palette[k % len(palette)])
-            draw.text((x + 16, 6), config, fill=(0, 0, 0))
-            x += 24 + 7 * len(config)
-        return image
+        names = [k for k, _, _ in keys]
+        frame = self.frame
+        overall = summarize(frame.assign(group="all edits"), ["group", "config"], names)
+        by_count = summarize(frame, ["n_edit", "config"], names)
+        by_count.insert(0, "group", [f"{c} obj" for c in by_count["n_edit"]])
+        summary = pd.concat([overall, by_count.drop(columns="n_edit")], ignore_index=True)
+        summary["config"] = summary["config"].astype(str)
+        return grouped_bar_chart(
+            summary,
+            [Metric(key, title, up, 3) for key, title, up in keys],
+            group="group",
+            series="config",
+            title=f"Synthetic benchmark, {self.n_cases} edits: mean and 95% bootstrap CI",
+        )
 
 
 def run_synthetic_bench(

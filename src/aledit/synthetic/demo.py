@@ -14,12 +14,13 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 from PIL import Image, ImageDraw
 
 from ..edits import EditType
 from ..io import save_image_atomic
+from ..reporting import to_markdown
 from ..visualize import mask_overlay, side_by_side
-from .bench import markdown_table
 from .metrics import EditScores, score_edit
 from .model import ABLATION_SWITCHES, SYNTHETIC_EDIT_SETTINGS, SyntheticEditSettings
 from .scenes import Scene, SceneEdit, random_edit, random_scene, render_edit
@@ -96,12 +97,11 @@ def _fmt(value: float, digits: int = 2) -> str:
 
 
 def format_scores(scores: dict[str, EditScores]) -> str:
-    """A Markdown table of the demo's scores, one row per configuration."""
-    rows = []
-    for name, s in scores.items():
-        values = s.as_dict()
-        rows.append([name, *(_fmt(values[k], 3) for k, _ in DEMO_KEYS)])
-    return markdown_table(["config", *(t for _, t in DEMO_KEYS)], rows)
+    """A Markdown table of the demo's scores, one row per configuration (``n/a``: does not apply)."""
+    frame = pd.DataFrame.from_dict({name: s.as_dict() for name, s in scores.items()}, orient="index")
+    table = frame[[k for k, _ in DEMO_KEYS]].map(lambda v: _fmt(v, 3))
+    table.columns = [t for _, t in DEMO_KEYS]
+    return to_markdown(table.rename_axis("config").reset_index())
 
 
 def run_demo(
