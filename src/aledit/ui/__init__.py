@@ -59,8 +59,10 @@ def make_app(model: str | None = None, device: str | None = None):
 def launch(model=None, host="127.0.0.1", port=7860, share=False, device=None, block=True):
     """Builds the page and serves it at ``http://host:port`` (``block=False``: returns at once,
     the server runs in a thread; ``blocks.close()`` stops it)."""
+    from .app import CSS
+
     blocks, _ = make_app(model, device)
-    blocks.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block, quiet=not block)
+    blocks.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block, quiet=not block, css=CSS)
     return blocks
 
 

@@ -79,8 +79,15 @@ def _provider(ctx: AppContext, name: str, size):
     return provider
 
 
+CSS = """
+#source img, #comparison img, #results img { image-rendering: pixelated; }
+#source img { width: 100%; height: 100%; object-fit: contain; }
+"""
+
+
 def build_app(ctx: AppContext) -> gr.Blocks:
-    """The page. ``ctx.pipe`` is used by every edit; nothing else is global."""
+    """The page. ``ctx.pipe`` is used by every edit; nothing else is global. Serve it with
+    ``launch(css=CSS)``."""
     choices = logic.method_choices()
     default_methods = ["ale", logic.NAIVE] if ctx.synthetic else ["ale"]
     defaults = ctx.settings or None
@@ -88,7 +95,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         gr.Markdown(
             "# aledit: multi-object editing without attribute leakage\n"
             f"Model `{ctx.model}`. Give an image, one edit per object (`cat -> tiger`), a mask per object "
-            "(paint it, upload it or find it), pick methods and press **Edit**."
+            "(find it, upload it, or paint it over the preview), pick methods and press **Edit**."
         )
         scene_state = gr.State(None)
         rows_state = gr.State(2)
@@ -109,17 +116,19 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                     find = gr.Button("Find masks", elem_id="find-masks", scale=1)
                     add = gr.Button("Add edit", elem_id="add-edit", scale=1)
                     remove = gr.Button("Remove edit", elem_id="remove-edit", scale=1)
-                groups, texts, editors, uploads = [], [], [], []
+                groups, texts, editors, uploads, givens, clears = [], [], [], [], [], []
                 for i in range(MAX_OBJECTS):
+                    givens.append(gr.State(None))
                     with gr.Row(visible=i < 2) as group:
                         with gr.Column(scale=1, min_width=180):
                             texts.append(gr.Textbox(label=f"edit {i + 1}", placeholder="cat -> tiger", elem_id=f"edit-{i}"))
                             uploads.append(
-                                gr.Image(label="or upload its mask", type="numpy", sources=["upload"], height=120, elem_id=f"mask-upload-{i}")
+                                gr.Image(label="upload its mask", type="numpy", sources=["upload"], height=110, elem_id=f"mask-upload-{i}")
                             )
+                            clears.append(gr.Button("Clear mask", size="sm", elem_id=f"clear-{i}"))
                         editors.append(
                             gr.ImageEditor(
-                                label=f"mask {i + 1}: paint the object", type="numpy", sources=[], height=300,
+                                label=f"mask {i + 1}: preview; paint to add", type="numpy", sources=[], height=280,
                                 brush=gr.Brush(colors=[_hex(i)], color_mode="fixed", default_size=12),
                                 transforms=[], layers=False, elem_id=f"mask-{i}", scale=2,
                             )
@@ -140,12 +149,14 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                 )
         run = gr.Button("Edit", variant="primary", elem_id="run")
         status = gr.Markdown("", elem_id="status")
-        results = gr.Gallery(label="source | masks | result, per method", columns=1, height="auto", elem_id="results", object_fit="contain")
+        comparison = gr.Image(label="source | masks | result, one row per method", type="pil", interactive=False, elem_id="comparison")
         scores = gr.Dataframe(
             headers=["method", *(title for _, title in SCORE_COLUMNS)], label="exact scores (synthetic scene)",
             interactive=False, elem_id="scores",
         )
-        attention = gr.Gallery(label="cross-attention of each object's target words", columns=4, height="auto", elem_id="attention")
+        with gr.Row():
+            results = gr.Gallery(label="results", columns=4, height=300, elem_id="results")
+            attention = gr.Gallery(label="cross-attention of each object's words", columns=4, height=300, elem_id="attention")
         files = gr.File(label="download", file_count="multiple", elem_id="download")
 
         # --- events -------------------------------------------------------------------------
@@ -159,30 +170,31 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             rows_state, [rows_state, *groups, *texts],
         )
 
-        def reset_editors(picture):
-            return [None, *(logic.editor_value(picture) for _ in range(MAX_OBJECTS))]
+        def reset_masks(picture):
+            return [*(None for _ in range(MAX_OBJECTS)), *(logic.editor_value(picture) for _ in range(MAX_OBJECTS))]
 
-        image.upload(_page_errors(reset_editors), image, [scene_state, *editors])
+        image.upload(_page_errors(lambda p: [None, *reset_masks(p)]), image, [scene_state, *givens, *editors])
 
         @_page_errors
         def on_generate(seed_value, objects, kind):
             scene_obj, scene_edit = logic.new_scene(seed_value or 0, objects, kind)
             picture = gr_image(scene_obj.image)
             pairs = [f"{s} -> {t}" for s, t in scene_edit.pairs]
-            n = max(1, len(pairs))
             row_texts = [pairs[i] if i < len(pairs) else "" for i in range(MAX_OBJECTS)]
-            return [picture, scene_obj, *rows_update(n), *row_texts, *(logic.editor_value(picture) for _ in range(MAX_OBJECTS))]
+            return [picture, scene_obj, *rows_update(max(1, len(pairs))), *row_texts, *reset_masks(picture)]
 
-        generate.click(on_generate, [scene_seed, n_objects, edit_type], [image, scene_state, rows_state, *groups, *texts, *editors])
+        generate.click(on_generate, [scene_seed, n_objects, edit_type], [image, scene_state, rows_state, *groups, *texts, *givens, *editors])
 
         for i in range(MAX_OBJECTS):
 
             def on_upload(picture, source, i=i):
                 if picture is None or source is None:
-                    return gr.update()
-                return logic.editor_value(source, logic.upload_mask(picture), i)
+                    return gr.update(), gr.update()
+                mask = logic.upload_mask(picture)
+                return mask, logic.editor_value(source, mask, i)
 
-            uploads[i].upload(_page_errors(on_upload), [uploads[i], image], editors[i])
+            uploads[i].upload(_page_errors(on_upload), [uploads[i], image], [givens[i], editors[i]])
+            clears[i].click(_page_errors(lambda source: (None, logic.editor_value(source))), image, [givens[i], editors[i]])
 
         @_page_errors
         def on_find(picture, scene_obj, n, provider_name, size_value, *row_texts):
@@ -204,40 +216,45 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                     found = _provider(ctx, provider_name, size_int)(picture.convert("RGB"), names)
                 except MaskError as exc:
                     raise UsageError(str(exc).replace("\n", " ")) from None
-            values, j = [], 0
+            masks, values, j = [], [], 0
             for i in range(MAX_OBJECTS):
                 text = row_texts[i]
                 if i < n and text and text.strip():
-                    values.append(logic.editor_value(picture, np.asarray(found[edits[j].source]), i))
+                    mask = np.asarray(found[edits[j].source]) > 0
+                    masks.append(mask)
+                    values.append(logic.editor_value(picture, mask, i))
                     j += 1
                 else:
+                    masks.append(gr.update())
                     values.append(gr.update())
-            return values
+            return [*masks, *values]
 
-        find.click(on_find, [image, scene_state, rows_state, provider, size, *texts], editors)
+        find.click(on_find, [image, scene_state, rows_state, provider, size, *texts], [*givens, *editors])
 
         @_page_errors
         def on_run(picture, scene_obj, n, chosen, seed_value, steps_value, size_value, device_name, *rest, progress=gr.Progress()):
             row_texts = list(rest[:MAX_OBJECTS])
-            editor_values = list(rest[MAX_OBJECTS:2 * MAX_OBJECTS])
-            option_tables = dict(zip(choices, rest[2 * MAX_OBJECTS:]))
+            given_masks = list(rest[MAX_OBJECTS:2 * MAX_OBJECTS])
+            editor_values = list(rest[2 * MAX_OBJECTS:3 * MAX_OBJECTS])
+            option_tables = dict(zip(choices, rest[3 * MAX_OBJECTS:]))
             steps_int, size_int, seed_int = logic.check_settings(steps_value, size_value, seed_value)
-            visible = [(t, v) for t, v in zip(row_texts[:n], editor_values[:n]) if t and t.strip()]
-            edits = logic.parse_rows([t for t, _ in visible])
+            visible = [i for i in range(n) if row_texts[i] and row_texts[i].strip()]
+            edits = logic.parse_rows([row_texts[i] for i in visible])
             if device_name and str(ctx.pipe.device) != device_name:
                 ctx.pipe.to(device_name)
             progress(0, desc="editing")
             done = logic.run_methods(
-                ctx.pipe, picture, edits, [v for _, v in visible], chosen, option_tables,
-                seed=seed_int, steps=steps_int, size=size_int, scene=scene_obj, settings=ctx.settings,
-                progress=lambda fraction, text: progress(fraction, desc=text),
+                ctx.pipe, picture, edits, [given_masks[i] for i in visible], [editor_values[i] for i in visible],
+                chosen, option_tables, seed=seed_int, steps=steps_int, size=size_int, scene=scene_obj,
+                settings=ctx.settings, progress=lambda fraction, text: progress(fraction, desc=text),
             )
-            return done.summary(), done.gallery(), logic.score_rows(done.results), done.attention_gallery(), done.files
+            result_items = [(r.image, r.name) for r in done.results]
+            return done.summary(), done.sheet, logic.score_rows(done.results), result_items, done.attention_gallery(), done.files
 
         run.click(
             on_run,
-            [image, scene_state, rows_state, methods, seed, steps, size, device, *texts, *editors, *tables.values()],
-            [status, results, scores, attention, files],
+            [image, scene_state, rows_state, methods, seed, steps, size, device, *texts, *givens, *editors, *tables.values()],
+            [status, comparison, scores, results, attention, files],
         )
     demo.queue(default_concurrency_limit=1)
     return demo

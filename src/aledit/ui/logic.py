@@ -50,15 +50,16 @@ __all__ = [
     "attention_overlay",
     "check_settings",
     "display_image",
-    "editor_mask",
     "editor_value",
-    "mask_layer",
+    "mask_preview",
     "masks_for_edit",
     "method_choices",
     "new_scene",
+    "object_mask",
     "one_line",
     "option_rows",
     "options_from_rows",
+    "painted_mask",
     "parse_rows",
     "resolve_method",
     "run_methods",
@@ -198,42 +199,57 @@ def display_image(image: Image.Image) -> Image.Image:
     return image if factor == 1 else image.resize((image.width * factor, image.height * factor), Image.NEAREST)
 
 
-def mask_layer(mask: np.ndarray, size: tuple[int, int], index: int, alpha: int = 140) -> np.ndarray:
-    """A translucent RGBA layer ``uint8 [H, W, 4]`` of ``size`` ``(width, height)`` painting
-    ``mask`` (any size, non-zero = object) in object ``index``'s colour."""
-    picture = Image.fromarray((np.asarray(mask) > 0).astype(np.uint8) * 255).resize(size, Image.NEAREST)
-    selected = np.asarray(picture) > 127
-    layer = np.zeros((size[1], size[0], 4), np.uint8)
-    layer[selected] = (*PALETTE[index % len(PALETTE)], alpha)
-    return layer
+def mask_preview(image: Image.Image, mask: np.ndarray | None, index: int = 0, alpha: float = 0.5) -> Image.Image:
+    """``image`` shown enlarged (:func:`display_image`) with ``mask`` (any size, non-zero =
+    object) blended in object ``index``'s colour: the preview of a found or uploaded mask."""
+    background = display_image(image)
+    if mask is None:
+        return background
+    selected = _resized(mask, background.size)
+    pixels = np.asarray(background, np.float32).copy()
+    pixels[selected] = (1 - alpha) * pixels[selected] + alpha * np.array(PALETTE[index % len(PALETTE)], np.float32)
+    return Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
+
+
+def _resized(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``bool [H, W]`` of ``mask`` (non-zero = object) resized to ``size`` ``(width, height)``."""
+    picture = Image.fromarray((np.asarray(mask) > 0).astype(np.uint8) * 255)
+    return np.asarray(picture.resize(size, Image.NEAREST)) > 127
 
 
 def editor_value(image: Image.Image | None, mask: np.ndarray | None = None, index: int = 0) -> dict | None:
-    """The image editor's value: ``image`` (shown enlarged, :func:`display_image`) as the
-    background and ``mask`` (if any) as a coloured layer the user can keep or repaint."""
+    """The image editor's value: ``image`` (enlarged) with ``mask``'s preview as the background
+    to paint on, no painted layer yet."""
     if image is None:
         return None
-    background = display_image(image)
-    layers = [] if mask is None else [mask_layer(mask, background.size, index)]
-    return {"background": np.asarray(background.convert("RGBA")), "layers": layers, "composite": None}
+    background = mask_preview(image, mask, index)
+    return {"background": np.asarray(background.convert("RGBA")), "layers": [], "composite": None}
 
 
-def editor_mask(value) -> np.ndarray | None:
-    """``bool [H, W]``: the painted pixels of every layer of an image editor value; ``None`` when
-    the editor holds no layer at all."""
+def painted_mask(value) -> np.ndarray | None:
+    """``bool [H, W]``: the pixels painted (alpha > 0) on any layer of an image editor value;
+    ``None`` when nothing is painted."""
     if not value:
         return None
     layers = [np.asarray(layer) for layer in (value.get("layers") or []) if layer is not None]
-    if not layers:
+    masks = [layer[..., 3] > 0 for layer in layers if layer.ndim == 3 and layer.shape[2] == 4]
+    masks = [m for m in masks if m.any()]
+    if not masks:
         return None
-    masks = []
-    for layer in layers:
-        if layer.ndim == 3 and layer.shape[2] == 4:
-            masks.append(layer[..., 3] > 0)
-        else:  # a layer without alpha: non-black pixels
-            masks.append(layer.reshape(layer.shape[0], layer.shape[1], -1).max(axis=2) > 0)
     shape = masks[0].shape
-    return np.logical_or.reduce([m for m in masks if m.shape == shape])
+    return np.logical_or.reduce([m if m.shape == shape else _resized(m, shape[::-1]) for m in masks])
+
+
+def object_mask(given: np.ndarray | None, value) -> np.ndarray | None:
+    """An object's mask: the given one (found or uploaded, any size) joined with what was
+    painted over it (at the editor's size); ``None`` when there is neither."""
+    painted = painted_mask(value)
+    if given is None:
+        return painted
+    given = np.asarray(given) > 0
+    if painted is None:
+        return given
+    return _resized(given, painted.shape[::-1]) | painted
 
 
 def upload_mask(picture) -> np.ndarray:
@@ -246,17 +262,15 @@ def upload_mask(picture) -> np.ndarray:
     return array > 0
 
 
-def masks_for_edit(edits: Sequence[Edit], editor_values: Sequence, masks_required: bool) -> dict | None:
-    """``{source: bool [H, W]}`` for ``pipe.edit``, or ``None`` where nothing is painted and the
-    method finds its regions itself. Where any object has a mask (or the method requires them),
-    every object gets its entry, an unpainted one an empty mask, so the pipeline reports it with
-    the CLI's "mask for 'x' is empty" line."""
-    masks = {e.source: editor_mask(v) for e, v in zip(edits, editor_values)}
-    painted = {k: m for k, m in masks.items() if m is not None and m.any()}
-    if not painted and not masks_required:
+def masks_for_edit(edits: Sequence[Edit], givens: Sequence, editor_values: Sequence, masks_required: bool) -> dict | None:
+    """``{source: bool [H, W]}`` for ``pipe.edit``, or ``None`` where there is no mask at all and
+    the method finds its regions itself. Where any object has a mask (or the method requires
+    them), every object gets its entry, one without any an empty mask, so the pipeline reports
+    it with the CLI's "mask for 'x' is empty" line."""
+    masks = {e.source: object_mask(g, v) for e, g, v in zip(edits, givens, editor_values)}
+    if all(m is None for m in masks.values()) and not masks_required:
         return None
-    shape = next((m.shape for m in masks.values() if m is not None), (8, 8))
-    return {e.source: masks[e.source] if masks[e.source] is not None else np.zeros(shape, bool) for e in edits}
+    return {e.source: masks[e.source] if masks[e.source] is not None else np.zeros((8, 8), bool) for e in edits}
 
 
 def attention_overlay(image: Image.Image, attention: np.ndarray, alpha: float = 0.6) -> Image.Image:
@@ -346,14 +360,13 @@ class MethodResult:
 
 @dataclass(frozen=True, eq=False)
 class EditResults:
-    """Everything one press of "Edit" made; ``files``: PNGs written for download."""
+    """Everything one press of "Edit" made. ``sheet``: source | masks | result, one row per
+    method; ``files``: the sheet and each result as PNGs, for download."""
 
     results: list[MethodResult]
     scene_edit: SceneEdit | None
+    sheet: Image.Image
     files: list[str]
-
-    def gallery(self) -> list[tuple[Image.Image, str]]:
-        return [(r.picture, f"{r.name}: source | masks | result") for r in self.results]
 
     def attention_gallery(self) -> list[tuple[Image.Image, str]]:
         return [item for r in self.results for item in r.attention]
@@ -368,12 +381,13 @@ class EditResults:
 
 
 def score_rows(results: Sequence[MethodResult]) -> list[list]:
-    """``[[method, score, ...], ...]`` in :data:`SCORE_COLUMNS` order (NaN where a score does
-    not apply, e.g. TI leakage with one edited object)."""
+    """``[[method, score, ...], ...]`` in :data:`SCORE_COLUMNS` order, three decimals, "n/a"
+    where a score does not apply (e.g. TI leakage with one edited object)."""
     rows = []
     for r in results:
         if r.scores is not None:
-            rows.append([r.name, *(round(float(r.scores[k]), 3) for k, _ in SCORE_COLUMNS)])
+            values = [float(r.scores[k]) for k, _ in SCORE_COLUMNS]
+            rows.append([r.name, *("n/a" if math.isnan(v) else f"{v:.3f}" for v in values)])
     return rows
 
 
@@ -381,6 +395,7 @@ def run_methods(
     pipe,
     image: Image.Image,
     edits: Sequence[Edit],
+    givens: Sequence,
     editor_values: Sequence,
     choices: Sequence[str],
     option_tables: dict,
@@ -400,6 +415,8 @@ def run_methods(
     ``out_dir`` (a new temporary folder by default) for download.
 
     Args:
+        givens, editor_values: per edit, its found or uploaded mask (or None) and its editor's
+            value (painted strokes); see :func:`object_mask`.
         option_tables: ``{choice: options table rows}`` (missing: the defaults).
         scene: the generated synthetic scene the image shows, if any (enables exact scores).
         settings: ``synthetic-tiny``'s settings (its defaults for eta and guidance), or None.
@@ -417,7 +434,7 @@ def run_methods(
     for choice in choices:
         method, options = options_from_rows(choice, option_tables.get(choice), settings)
         uses = method_info(method).masks
-        masks = None if uses == MASKS_UNUSED else masks_for_edit(edits, editor_values, uses == MASKS_REQUIRED)
+        masks = None if uses == MASKS_UNUSED else masks_for_edit(edits, givens, editor_values, uses == MASKS_REQUIRED)
         if uses == MASKS_REQUIRED and masks is None:
             raise UsageError(f"method {choice!r} needs a mask per object: paint, upload or find them")
         plans.append((choice, method, options, masks))
@@ -473,7 +490,7 @@ def run_methods(
     comparison = os.path.join(out_dir, "comparison.png")
     sheet.save(comparison)
     files.insert(0, comparison)
-    return EditResults(results, scene_edit, files)
+    return EditResults(results, scene_edit, sheet, files)
 
 
 def _safe(name: str) -> str:
