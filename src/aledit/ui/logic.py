@@ -422,6 +422,7 @@ def run_methods(
         settings: ``synthetic-tiny``'s settings (its defaults for eta and guidance), or None.
         progress: called as ``progress(fraction, text)`` after every denoising step.
     """
+    from ..masks.ops import ObjectMasks
     from ..methods.base import MASKS_REQUIRED, MASKS_UNUSED
     from ..synthetic.metrics import score_edit
 
@@ -435,8 +436,9 @@ def run_methods(
         method, options = options_from_rows(choice, option_tables.get(choice), settings)
         uses = method_info(method).masks
         masks = None if uses == MASKS_UNUSED else masks_for_edit(edits, givens, editor_values, uses == MASKS_REQUIRED)
-        if uses == MASKS_REQUIRED and masks is None:
-            raise UsageError(f"method {choice!r} needs a mask per object: paint, upload or find them")
+        if masks is not None:  # an empty mask is the pipeline's one-line error, before any method runs
+            side = size or method_info(method).default_size
+            ObjectMasks.from_sources(masks, names, (side, side), 0.0)
         plans.append((choice, method, options, masks))
     scene_edit = scene_edit_for(scene, edits)
     ideal = render_edit(scene, scene_edit) if scene_edit is not None else None
