@@ -154,7 +154,7 @@ def test_run_ale_and_naive(page):
             labels.nth(i).click()
     page.click("#run")
     page.wait_for_selector("#comparison img")
-    page.locator("#status").filter(has_text="Done").wait_for()
+    page.locator("#status").filter(has_text="Done (seed 0)").wait_for()
     _wait_idle(page)
     assert page.locator("#results img").count() >= 2
     assert page.locator("#attention img").count() == 4  # 2 methods x 2 objects
@@ -185,10 +185,17 @@ def test_empty_mask_is_an_error_in_the_page(page):
     _error_shown(page, "mask for 'circle' is empty")
 
 
-def test_screenshot(page, tmp_path):
+def test_a_good_edit_after_errors_and_a_screenshot(page, tmp_path):
     page.click("#find-masks")
     page.wait_for_timeout(300)
     _wait_idle(page)
+    page.fill("#seed input", "1")
+    page.click("#run")
+    page.locator("#status").filter(has_text="Done (seed 1)").wait_for()
+    page.wait_for_selector("#comparison img")
+    page.wait_for_function("document.querySelector('#scores').innerText.includes('naive')")
+    _wait_idle(page)
+    page.wait_for_timeout(500)
     path = tmp_path / "ui.png"
     page.screenshot(path=str(path), full_page=True)
     assert path.stat().st_size > 10_000

@@ -249,7 +249,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                 settings=ctx.settings, progress=lambda fraction, text: progress(fraction, desc=text),
             )
             result_items = [(r.image, r.name) for r in done.results]
-            return done.summary(), done.sheet, logic.score_rows(done.results), result_items, done.attention_gallery(), done.files
+            return done.summary(seed_int), done.sheet, logic.score_rows(done.results), result_items, done.attention_gallery(), done.files
 
         run.click(
             on_run,

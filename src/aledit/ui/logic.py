@@ -371,13 +371,13 @@ class EditResults:
     def attention_gallery(self) -> list[tuple[Image.Image, str]]:
         return [item for r in self.results for item in r.attention]
 
-    def summary(self) -> str:
+    def summary(self, seed: int) -> str:
         times = ", ".join(f"{r.name} {r.seconds:.1f} s" for r in self.results)
         if self.scene_edit is not None:
             note = "exact scores below (synthetic scene, known masks and ideal edit)"
         else:
             note = "no exact scores: they need a generated scene and its edits in the scene's templates"
-        return f"Done: {times}. {note}."
+        return f"Done (seed {seed}): {times}. {note}."
 
 
 def score_rows(results: Sequence[MethodResult]) -> list[list]:
