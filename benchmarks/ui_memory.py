@@ -42,7 +42,8 @@ def main(argv=None) -> int:
     parser.add_argument("--edits", type=int, default=20)
     parser.add_argument("--methods", default="ale", help="comma-separated choices ticked in the page")
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--out", default=None, help="CSV of edit, seconds, RSS MiB")
+    parser.add_argument("--out", default=None, help="CSV of edit, seconds, RSS MiB, Python-heap MiB")
+    parser.add_argument("--tracemalloc", action="store_true", help="also trace Python allocations (numpy included)")
     args = parser.parse_args(argv)
 
     import torch
@@ -57,6 +58,14 @@ def main(argv=None) -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    if args.tracemalloc:
+        import tracemalloc
+
+        tracemalloc.start()
+
+    def traced_mib() -> float:
+        return tracemalloc.get_traced_memory()[0] / 2**20 if args.tracemalloc else float("nan")
+
     start_rss = rss_mib()
     blocks = launch(port=port, block=False)
     loaded_rss = rss_mib()
@@ -86,8 +95,8 @@ def main(argv=None) -> int:
                 page.wait_for_function("!document.body.innerText.includes('processing |')")
                 seconds = time.perf_counter() - t0
                 gc.collect()
-                rows.append((n, seconds, rss_mib()))
-                print(f"edit {n:2d}: {seconds:5.1f} s, RSS {rows[-1][2]:7.1f} MiB", flush=True)
+                rows.append((n, seconds, rss_mib(), traced_mib()))
+                print(f"edit {n:2d}: {seconds:5.1f} s, RSS {rows[-1][2]:7.1f} MiB, Python heap {rows[-1][3]:6.1f} MiB", flush=True)
             browser.close()
     finally:
         blocks.close()
@@ -105,7 +114,7 @@ def main(argv=None) -> int:
     if args.out:
         with open(args.out, "w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(["edit", "seconds", "rss_mib"])
+            writer.writerow(["edit", "seconds", "rss_mib", "python_heap_mib"])
             writer.writerows(rows)
     return 0
 

@@ -156,3 +156,18 @@ def test_run_two_methods_on_a_scene_scores_each_exactly(tmp_path):
         logic.run_methods(pipe, image, edits, [None, None], [None, None], ["fpe", "ale"], {}, steps=1, size=64)
     with pytest.raises(UsageError, match="no method chosen"):
         logic.run_methods(pipe, image, edits, givens, [None, None], [], {}, steps=1, size=64)
+
+
+def test_ui_command_errors_are_one_line(monkeypatch, capsys):
+    import sys
+
+    from aledit.cli import main
+
+    monkeypatch.setitem(sys.modules, "gradio", None)  # the ui extra is not installed
+    assert main(["ui"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == 'aledit: error: the web app needs Gradio: pip install "aledit[ui]" (or pip install "gradio>=5")'
+    assert main(["ui", "--port", "70000"]) == 2
+    assert capsys.readouterr().err.strip() == "aledit: error: --port must be in 1..65535, got 70000"
+    assert main(["ui", "--model", "./no-such-model-folder", "--port", "7861"]) == 2
+    assert capsys.readouterr().err.strip() == "aledit: error: model folder does not exist: ./no-such-model-folder"

@@ -84,10 +84,12 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def _run_ui(args) -> int:
-    from ..commands import UsageError
+    from ..commands import UsageError, check_model_arg
 
     if not 0 < args.port < 65536:
         raise UsageError(f"--port must be in 1..65535, got {args.port}")
+    if args.model is not None:
+        check_model_arg(args.model)
     require_gradio()
     launch(args.model, args.host, args.port, args.share == "yes", args.device, block=True)
     return 0
