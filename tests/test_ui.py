@@ -171,3 +171,16 @@ def test_ui_command_errors_are_one_line(monkeypatch, capsys):
     assert capsys.readouterr().err.strip() == "aledit: error: --port must be in 1..65535, got 70000"
     assert main(["ui", "--model", "./no-such-model-folder", "--port", "7861"]) == 2
     assert capsys.readouterr().err.strip() == "aledit: error: model folder does not exist: ./no-such-model-folder"
+
+
+def test_events_that_use_the_pipeline_share_one_queue_of_one():
+    pytest.importorskip("gradio")
+    from types import SimpleNamespace
+
+    from aledit.ui.app import PIPELINE_QUEUE, AppContext, build_app
+
+    blocks = build_app(AppContext(pipe=SimpleNamespace(device="cpu"), model="synthetic-tiny", settings=SYNTHETIC_EDIT_SETTINGS))
+    model_events = [f for f in blocks.fns.values() if f.name in ("on_find", "on_run")]
+    assert len(model_events) == 2
+    assert all(f.concurrency_id == PIPELINE_QUEUE and f.concurrency_limit == 1 for f in model_events)
+    assert blocks._queue.default_concurrency_limit == 1

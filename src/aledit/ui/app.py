@@ -26,6 +26,8 @@ __all__ = ["AppContext", "build_app"]
 logger = logging.getLogger("aledit")
 
 SCENE_PROVIDER = "scene (exact masks)"
+# Every event that runs the pipeline (edits, attention masks) waits in this one queue, one at a time.
+PIPELINE_QUEUE = "pipeline"
 PROVIDERS = ("attention", "grounded-sam")
 
 
@@ -229,7 +231,10 @@ def build_app(ctx: AppContext) -> gr.Blocks:
                     values.append(gr.update())
             return [*masks, *values]
 
-        find.click(on_find, [image, scene_state, rows_state, provider, size, *texts], [*givens, *editors])
+        find.click(
+            on_find, [image, scene_state, rows_state, provider, size, *texts], [*givens, *editors],
+            concurrency_id=PIPELINE_QUEUE, concurrency_limit=1,
+        )
 
         @_page_errors
         def on_run(picture, scene_obj, n, chosen, seed_value, steps_value, size_value, device_name, *rest, progress=gr.Progress()):
@@ -255,6 +260,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             on_run,
             [image, scene_state, rows_state, methods, seed, steps, size, device, *texts, *givens, *editors, *tables.values()],
             [status, comparison, scores, results, attention, files],
+            concurrency_id=PIPELINE_QUEUE, concurrency_limit=1,
         )
     demo.queue(default_concurrency_limit=1)
     return demo
