@@ -21,7 +21,7 @@ from ..masks.ops import MaskError
 from . import logic
 from .logic import MAX_OBJECTS, SCORE_COLUMNS
 
-__all__ = ["AppContext", "build_app"]
+__all__ = ["CSS", "PIPELINE_QUEUE", "AppContext", "build_app"]
 
 logger = logging.getLogger("aledit")
 

@@ -27,7 +27,7 @@ from ..edits import Edit, EditError, EditType, parse_edit
 from ..masks.ops import MaskError
 from ..methods.registry import MethodError, available_methods, describe_option, make_config, method_info, parse_options
 from ..prompts import PromptError
-from ..synthetic.model import ABLATION_SWITCHES, SYNTHETIC_EDIT_SETTINGS, SyntheticEditSettings
+from ..synthetic.model import ABLATION_SWITCHES, SyntheticEditSettings
 from ..synthetic.scenes import (
     EDITED_ATTRIBUTES,
     TARGET_TEMPLATES,
