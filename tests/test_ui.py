@@ -134,17 +134,17 @@ def test_run_two_methods_on_a_scene_scores_each_exactly(tmp_path):
     givens = [scene.masks[e.index] for e in edit.objects]
     seen = []
     done = logic.run_methods(
-        pipe, image, edits, givens, [None, None], ["ale", "naive"], {}, seed=5, steps=3, size=64,
+        pipe, image, edits, givens, [None, None], ["ale", "naive"], {}, seed=5, steps=2, size=64,
         scene=scene, settings=SYNTHETIC_EDIT_SETTINGS, out_dir=str(tmp_path), progress=lambda f, t: seen.append(f),
     )
     assert [r.name for r in done.results] == ["ale", "naive"]
-    assert done.scene_edit is not None and seen[-1] == pytest.approx(1.0) and len(seen) == 6
+    assert done.scene_edit is not None and seen[-1] == pytest.approx(1.0) and len(seen) == 4
     assert [p.split("/")[-1] for p in done.files] == ["comparison.png", "ale.png", "naive.png"]
     assert all(len(r.attention) == 2 for r in done.results)
     rows = logic.score_rows(done.results)
     assert [r[0] for r in rows] == ["ale", "naive"] and all(v == "n/a" or 0 <= float(v) <= 1 for r in rows for v in r[1:])
     # the same edit as `aledit demo` makes: the same scores
-    demo = run_demo(tmp_path / "demo.png", 5, "material", pipe=pipe, settings=SYNTHETIC_EDIT_SETTINGS.replace(steps=3))
+    demo = run_demo(tmp_path / "demo.png", 5, "material", pipe=pipe, settings=SYNTHETIC_EDIT_SETTINGS.replace(steps=2))
     for result, name in zip(done.results, ("ALE", "naive")):
         expected = demo.scores[name].as_dict()
         assert all(
