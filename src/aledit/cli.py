@@ -269,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .synthetic.demo import register as register_demo
 
     register_demo(sub)
+    from .ui import register as register_ui
+
+    register_ui(sub)
     return parser
 
 
