@@ -201,7 +201,14 @@ def bench_cases(n_edits: int = 200, seed: int = 0, n_objects: int = 3, size: int
 
 
 # Method variants the comparison names on their own (PIE-Bench's "ddim+p2p": P2P without NTI).
-METHOD_VARIANTS: dict[str, tuple[str, dict]] = {"p2p-ddim": ("p2p", {"null_text": False})}
+# BindEdit's ablation (docs/bindedit.md): one term off at a time, and all three off.
+METHOD_VARIANTS: dict[str, tuple[str, dict]] = {
+    "p2p-ddim": ("p2p", {"null_text": False}),
+    "bindedit-no-binding": ("bindedit", {"binding": False}),
+    "bindedit-no-rebalance": ("bindedit", {"rebalance": False}),
+    "bindedit-no-fidelity": ("bindedit", {"fidelity": False}),
+    "bindedit-off": ("bindedit", {"binding": False, "rebalance": False, "fidelity": False}),
+}
 
 
 def resolve_config(name: str) -> tuple[str, dict]:
