@@ -34,10 +34,12 @@ PLANS = {
         "off": ("bindedit", OFF),
         "rebal-s2": ("bindedit", {**OFF, "rebalance": True, "rebalance_scale": 2.0}),
         "rebal-s4": ("bindedit", {**OFF, "rebalance": True, "rebalance_scale": 4.0}),
-        "bind-0.05": ("bindedit", {**OFF, "binding": True, "step_size": 0.05}),
-        "bind-0.2": ("bindedit", {**OFF, "binding": True, "step_size": 0.2}),
-        "bind-0.2-cross": ("bindedit", {**OFF, "binding": True, "step_size": 0.2, "self_binding_weight": 0.0}),
-        "fid-1-0.2": ("bindedit", {**OFF, "fidelity": True, "fidelity_weight": 1.0, "step_size": 0.2}),
+        "bind-0.1": ("bindedit", {**OFF, "binding": True, "step_size": 0.1, "guidance_steps": 0.25}),
+        "bind-0.3": ("bindedit", {**OFF, "binding": True, "step_size": 0.3, "guidance_steps": 0.25}),
+        "bind-0.3-cross": ("bindedit", {**OFF, "binding": True, "step_size": 0.3, "guidance_steps": 0.25,
+                                        "self_binding_weight": 0.0}),
+        "fid-1-0.3": ("bindedit", {**OFF, "fidelity": True, "fidelity_weight": 1.0, "step_size": 0.3,
+                                   "guidance_steps": 0.25}),
     },
     "final": {
         name: resolve_config(name)
