@@ -6,7 +6,8 @@ bench_cases` (the same edits and noise for every configuration, so differences a
 writes ``records.jsonl`` and ``tables.md`` (means with 95% bootstrap CIs)::
 
     python scripts/bindedit_sweep.py --plan sweep --edits 24 --out runs/bindedit-sweep
-    python scripts/bindedit_sweep.py --plan final --edits 60 --out runs/bindedit-final
+    python scripts/bindedit_sweep.py --plan final --edits 60 --shard 0/2 --out runs/final-0   # and 1/2
+    python scripts/bindedit_sweep.py --plan final --edits 60 --merge runs/final-*/records.jsonl --out runs/final
 """
 
 from __future__ import annotations
@@ -43,9 +44,35 @@ PLANS = {
     },
     "final": {
         name: resolve_config(name)
-        for name in ("bindedit", "bindedit-no-binding", "bindedit-no-rebalance", "bindedit-no-fidelity", "bindedit-off", "ale", "infedit")
+        for name in (
+            "bindedit", "bindedit-all", "bindedit-no-binding", "bindedit-no-rebalance", "bindedit-no-fidelity",
+            "bindedit-off", "bindedit-bb", "ale", "infedit",
+        )
     },
 }
+
+
+def tables(records: list[dict], names: list[str], title: str) -> str:
+    """Markdown: every configuration's mean [95% CI] (all edits, by object count), paired
+    differences to the all-off configuration, success and TI leakage by edit type."""
+    result = SyntheticBenchResult(tuple(records), tuple(names), SYNTHETIC_EDIT_SETTINGS)
+    keys = (("success", "success", True), ("ti_leakage", "TI leakage", False), ("te_changed", "TE changed", False))
+    by_type = []
+    for key in ("success", "ti_leakage"):
+        rows = []
+        for edit_type in EDIT_TYPES:
+            where = lambda r, t=edit_type.value: r["edit_type"] == t
+            if any(where(r) for r in records):
+                rows.append([edit_type.value, *(result.summary(c, key, where).format(2) for c in names)])
+        by_type += [f"### {key} by edit type", "", markdown_table(["edit type", *names], rows), ""]
+    reference = "off" if "off" in names else ("bindedit-off" if "bindedit-off" in names else names[0])
+    return "\n".join([
+        f"# {title}", "",
+        result.ablation_table(keys), "",
+        result.difference_table(reference, keys), "",
+        result.object_count_table(keys), "",
+        *by_type,
+    ])
 
 
 def main() -> int:
@@ -53,6 +80,8 @@ def main() -> int:
     parser.add_argument("--plan", choices=sorted(PLANS), required=True)
     parser.add_argument("--edits", type=int, default=24, help="first N bench edits; the 2- and 3-object ones run")
     parser.add_argument("--only", default=None, help="comma-separated subset of the plan's configurations")
+    parser.add_argument("--shard", default="0/1", help="I/N: run every N-th of the cases, starting at the I-th")
+    parser.add_argument("--merge", nargs="+", default=None, help="records.jsonl files to merge instead of running")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -60,11 +89,22 @@ def main() -> int:
     if args.only:
         plan = {k: plan[k] for k in args.only.split(",")}
     os.makedirs(args.out, exist_ok=True)
+    if args.merge:
+        records = []
+        for path in args.merge:
+            with open(path, encoding="utf-8") as f:
+                records += [json.loads(line) for line in f if line.strip()]
+        n = len({r["case"] for r in records})
+        md = tables(records, list(plan), f"BindEdit {args.plan}: {n} edits of 2-3 objects (first {args.edits} bench edits)")
+        save_text_atomic(md, os.path.join(args.out, "tables.md"))
+        print(md)
+        return 0
+    shard, n_shards = (int(v) for v in args.shard.split("/"))
     settings = SYNTHETIC_EDIT_SETTINGS
     pipe = EditPipeline.from_pretrained("synthetic-tiny")
     pipe.set_progress_bar_config(disable=True)
-    cases = [c for c in bench_cases(args.edits, size=settings.size) if c.n_edit >= 2]
-    records, start = [], time.perf_counter()
+    cases = [c for c in bench_cases(args.edits, size=settings.size) if c.n_edit >= 2][shard::n_shards]
+    records = []
     seconds = {name: 0.0 for name in plan}
     for case in tqdm(cases, desc=args.plan):
         for name, (method, options) in plan.items():
@@ -78,27 +118,9 @@ def main() -> int:
             scores = score_edit(case.scene, case.edit, np.asarray(out.image.convert("RGB")), ideal=case.ideal)
             records.append({"case": case.index, "config": name, "edit_type": case.edit_type.value,
                             "n_edit": case.n_edit, **scores.as_dict()})
-    result = SyntheticBenchResult(tuple(records), tuple(plan), settings, time.perf_counter() - start)
-    keys = (("success", "success", True), ("ti_leakage", "TI leakage", False), ("te_changed", "TE changed", False))
-    by_type = []
-    for key in ("success", "ti_leakage"):
-        rows = []
-        for edit_type in EDIT_TYPES:
-            where = lambda r, t=edit_type.value: r["edit_type"] == t
-            if any(where(r) for r in records):
-                rows.append([edit_type.value, *(result.summary(c, key, where).format(2) for c in plan)])
-        by_type += [f"### {key} by edit type", "", markdown_table(["edit type", *plan], rows), ""]
-    reference = "off" if "off" in plan else ("bindedit-off" if "bindedit-off" in plan else next(iter(plan)))
-    md = "\n".join([
-        f"# BindEdit {args.plan}: {len(cases)} edits of 2-3 objects (first {args.edits} bench edits)", "",
-        "Configurations: " + "; ".join(f"`{k}` = {m} {o}" for k, (m, o) in plan.items()), "",
-        result.ablation_table(keys), "",
-        result.difference_table(reference, keys), "",
-        result.object_count_table(keys), "",
-        *by_type,
-        "Seconds per edit: " + ", ".join(f"{k} {v / len(cases):.2f}" for k, v in seconds.items()), "",
-    ])
-    save_text_atomic("".join(json.dumps(r) + "\n" for r in records), os.path.join(args.out, "records.jsonl"))
+        save_text_atomic("".join(json.dumps(r) + "\n" for r in records), os.path.join(args.out, "records.jsonl"))
+    md = tables(records, list(plan), f"BindEdit {args.plan}: {len(cases)} edits of 2-3 objects (first {args.edits} bench edits)")
+    md += "\nSeconds per edit (wall, shared machine): " + ", ".join(f"{k} {v / len(cases):.2f}" for k, v in seconds.items()) + "\n"
     save_text_atomic(md, os.path.join(args.out, "tables.md"))
     print(md)
     return 0

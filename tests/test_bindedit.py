@@ -177,7 +177,7 @@ def test_all_terms_off_is_the_plain_dual_branch_edit_bit_for_bit(pipe):
 
 
 def test_guided_edit_counts_its_passes_and_leaves_parameters_alone(pipe):
-    out = run(pipe, guidance_steps=0.5, guidance_iterations=2)
+    out = run(pipe, guidance_steps=0.5, guidance_iterations=2, rebalance=True, fidelity=True)
     assert out.extras["guidance_stats"] == {"forward": 4, "backward": 4}  # steps 0, 1 x 2 iterations
     assert all(p.grad is None for p in pipe.unet.parameters())
     assert not torch.equal(out.latents.target_x0, run(pipe, binding=False, fidelity=False).latents.target_x0)
@@ -206,7 +206,7 @@ def test_guidance_lowers_the_energy_on_a_unet(pipe):
 def test_rebalance_changes_the_edit_and_records_attention(pipe):
     off = run(pipe, binding=False, fidelity=False, rebalance=False)
     img, masks = scene()
-    on = pipe.edit(img, EDITS, masks, method="bindedit", options={"binding": False, "fidelity": False},
+    on = pipe.edit(img, EDITS, masks, method="bindedit", options={"binding": False, "rebalance": True},
                    size=64, steps=4, progress=False, return_attention=True)
     assert not torch.equal(on.latents.target_x0, off.latents.target_x0)
     assert on.attention_maps.shape[0] == 2
