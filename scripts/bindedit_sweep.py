@@ -56,7 +56,12 @@ def tables(records: list[dict], names: list[str], title: str) -> str:
     """Markdown: every configuration's mean [95% CI] (all edits, by object count), paired
     differences to the all-off configuration, success and TI leakage by edit type."""
     result = SyntheticBenchResult(tuple(records), tuple(names), SYNTHETIC_EDIT_SETTINGS)
-    keys = (("success", "success", True), ("ti_leakage", "TI leakage", False), ("te_changed", "TE changed", False))
+    keys = (
+        ("success", "success", True),
+        ("ti_leakage", "TI leakage", False),
+        ("te_changed", "TE changed", False),
+        ("structure_kept", "structure kept", True),
+    )
     by_type = []
     for key in ("success", "ti_leakage"):
         rows = []
