@@ -5,9 +5,10 @@ on the 2- and 3-object edits among the first ``--edits`` edits of :func:`aledit.
 bench_cases` (the same edits and noise for every configuration, so differences are paired), and
 writes ``records.jsonl`` and ``tables.md`` (means with 95% bootstrap CIs)::
 
-    python scripts/bindedit_sweep.py --plan sweep --edits 24 --out runs/bindedit-sweep
-    python scripts/bindedit_sweep.py --plan final --edits 60 --shard 0/2 --out runs/final-0   # and 1/2
-    python scripts/bindedit_sweep.py --plan final --edits 60 --merge runs/final-*/records.jsonl --out runs/final
+    python scripts/bindedit_sweep.py --plan sweep --edits 15 --out runs/bindedit-sweep
+    python scripts/bindedit_sweep.py --plan final --edits 45 --shard 0/2 --out runs/final-0   # and 1/2
+    python scripts/bindedit_sweep.py --plan final --edits 45 --merge runs/final-*/records.jsonl \\
+        --first-case 15 --out runs/final
 """
 
 from __future__ import annotations
@@ -87,6 +88,8 @@ def main() -> int:
     parser.add_argument("--only", default=None, help="comma-separated subset of the plan's configurations")
     parser.add_argument("--shard", default="0/1", help="I/N: run every N-th of the cases, starting at the I-th")
     parser.add_argument("--merge", nargs="+", default=None, help="records.jsonl files to merge instead of running")
+    parser.add_argument("--first-case", type=int, default=0, help="with --merge: keep cases with index >= this "
+                        "(15 leaves out the sweep's edits)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -99,6 +102,9 @@ def main() -> int:
         for path in args.merge:
             with open(path, encoding="utf-8") as f:
                 records += [json.loads(line) for line in f if line.strip()]
+        records = [r for r in records if r["case"] >= args.first_case]
+        complete = {c for c in {r["case"] for r in records} if {r["config"] for r in records if r["case"] == c} >= set(plan)}
+        records = [r for r in records if r["case"] in complete and r["config"] in plan]
         n = len({r["case"] for r in records})
         md = tables(records, list(plan), f"BindEdit {args.plan}: {n} edits of 2-3 objects (first {args.edits} bench edits)")
         save_text_atomic(md, os.path.join(args.out, "tables.md"))
