@@ -8,11 +8,14 @@ Floor, timed in the same process with diffusers' default attention processors: t
 the method really needs (its batch rows per sampling step: 3 for ALE / InfEdit with source
 guidance 1, 4 for the SD methods with CFG on both branches; one row per DDIM inversion step; for
 null-text inversion, one conditional pass per step plus every inner iteration's forward and
-backward pass to the embedding, counted from the run's own ``inversion_stats``), one VAE encode,
-one VAE decode, and one batched text encoding.
+backward pass to the embedding, counted from the run's own ``inversion_stats``; for latent
+guidance (BindEdit), one forward of the step's whole batch with gradients to the latent plus
+one backward pass from the UNet's output per guided iteration, counted from the run's
+``guidance_stats``), one VAE encode, one VAE decode, and one batched text encoding. BindEdit's
+own backward starts at its coarse attention layers, not at the output, so its floor is generous.
 
 Prints each method's wall time divided by its floor (goal <= 1.10) and the peak RSS.
-Usage: ``python benchmarks/edit_speed.py [--method ale,p2p,masactrl,fpe,infedit|all] [--repeats 3]
+Usage: ``python benchmarks/edit_speed.py [--method ale,p2p,masactrl,fpe,infedit,bindedit|all] [--repeats 3]
 [--size 256] [--steps 4]``.
 """
 
@@ -63,10 +66,11 @@ def inputs(size: int):
 
 
 @torch.no_grad()
-def floor_run(pipe, image, size: int, steps: int, rows: int, inversion: dict, texts: list[str]) -> float:
+def floor_run(pipe, image, size: int, steps: int, rows: int, inversion: dict, texts: list[str], guided: int = 0) -> float:
     """The unavoidable work of one edit, timed: ``texts`` encoded in one batch, VAE encode,
     ``rows`` x ``steps`` UNet rows, the inversion's passes (``inversion``: ``{"forward": n,
-    "backward": m}``), VAE decode."""
+    "backward": m}``), ``guided`` latent-guidance iterations (``rows`` rows forward with
+    gradients to the latent, and backward), VAE decode."""
     from aledit.ore import encode_prompts
 
     start = time.perf_counter()
@@ -85,6 +89,11 @@ def floor_run(pipe, image, size: int, steps: int, rows: int, inversion: dict, te
             null = embeds[:1].clone().requires_grad_(True)
             out = pipe.unet(latent, 999 - k % 1000, encoder_hidden_states=null).sample
             torch.autograd.grad(out.square().mean(), [null])
+    for k in range(guided):  # latent guidance: a whole-batch forward with gradient to the latent, backward
+        with torch.enable_grad():
+            x = batch.clone().requires_grad_(True)
+            out = pipe.unet(x, 999 - 250 * k, encoder_hidden_states=embeds).sample
+            torch.autograd.grad(out.square().mean(), [x])
     pipe.vae.decode(latent / pipe.vae.config.scaling_factor)
     return time.perf_counter() - start
 
@@ -110,12 +119,13 @@ def measure(pipe, method: str, size: int, steps: int, repeats: int) -> tuple[flo
     # warm-up: first calls allocate and pick kernels; its stats say what the inversion costs
     _, out = method_run(pipe, method, image, masks, edits, size, steps)
     stats = out.extras.get("inversion_stats", {})
+    guided = out.extras.get("guidance_stats", {}).get("backward", 0)
     floor_run(pipe, image, size, 1, rows, {}, texts)
     runs, floors = [], []
     for _ in range(repeats):  # interleaved so drift hits both alike
-        floors.append(floor_run(pipe, image, size, steps, rows, stats, texts))
+        floors.append(floor_run(pipe, image, size, steps, rows, stats, texts, guided))
         runs.append(method_run(pipe, method, image, masks, edits, size, steps)[0])
-    return min(runs), min(floors), {"rows": rows, **stats, "runs": runs, "floors": floors}
+    return min(runs), min(floors), {"rows": rows, **stats, "guided": guided, "runs": runs, "floors": floors}
 
 
 def main() -> None:
@@ -136,12 +146,15 @@ def main() -> None:
 
     pipe = EditPipeline(**sd15_components())
     print(f"threads {torch.get_num_threads()}; edit {args.size}x{args.size}, {args.steps} steps, 2 objects")
-    print("| method | rows/step | inversion fwd / bwd | floor s | method s | method / floor |")
-    print("|---|---|---|---|---|---|")
+    print("| method | rows/step | inversion fwd / bwd | guidance fwd+bwd | floor s | method s | method / floor |")
+    print("|---|---|---|---|---|---|---|")
     for method in methods:
         run, floor, info = measure(pipe, method, args.size, args.steps, args.repeats)
         inv = f"{info.get('forward', 0)} / {info.get('backward', 0)}"
-        print(f"| {method} | {info['rows']} | {inv} | {floor:.2f} | {run:.2f} | {run / floor:.3f} |", flush=True)
+        print(
+            f"| {method} | {info['rows']} | {inv} | {info['guided']} | {floor:.2f} | {run:.2f} | {run / floor:.3f} |",
+            flush=True,
+        )
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"goal: method / floor <= 1.10; peak RSS {peak_mib:.0f} MiB")
 

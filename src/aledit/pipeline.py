@@ -244,6 +244,10 @@ class EditPipeline(DiffusionPipeline):
         generator = torch.Generator(device="cpu").manual_seed(seed)
         x0 = self._encode_image(image, width, height, generator if plan.source_latent == "sample" else None)
         sampler = method.sampler(self.scheduler, steps)
+        if plan.guides and not getattr(sampler, "supports_guides", False):
+            raise ValueError(
+                f"method {method.name!r} plans latent guides but its sampler {type(sampler).__name__} does not run them"
+            )
         prepared = sampler.prepare(x0, self._unet_eps, plan, progress=progress, cache=inversion_cache)
 
         # 6. sample with the method's processors installed
@@ -251,8 +255,9 @@ class EditPipeline(DiffusionPipeline):
         hooks = plan.hooks
         if callback_on_step_end is not None:
             hooks = (*hooks, _Observer(callback_on_step_end))
+        guides = {"guides": plan.guides} if plan.guides else {}  # samplers without guides keep their signature
         with attention_processors(self.unet, plan.choose_processor):
-            latents = sampler.sample(prepared, predict, state, hooks, generator=generator, progress=progress)
+            latents = sampler.sample(prepared, predict, state, hooks, generator=generator, progress=progress, **guides)
 
         # 7. decode and resize back
         edited = self._decode(latents.target_x0).resize(image.size, Image.BICUBIC)

@@ -23,7 +23,7 @@ from ..attention.recorder import AttentionRecorder
 from ..attention.state import BatchLayout, EditState
 from ..edits import Edit
 from ..masks.ops import ObjectMasks
-from ..samplers.base import LatentHook
+from ..samplers.base import LatentGuide, LatentHook
 
 __all__ = [
     "EditMethod",
@@ -116,6 +116,8 @@ class EditPlan:
         choose_processor: ``(layer name, current processor) -> processor`` for every attention
             layer of the UNet.
         hooks: latent hooks run after each step, in order.
+        guides: latent guides run before each step, in order (samplers with
+            ``supports_guides`` only, e.g. virtual inversion).
         recorder: collects cross-attention maps per object, if asked for.
         source_prompt, target_prompt: the base prompts of the two branches.
         inversion_embedding: ``[T, D]`` the prompt embedding a DDIM inversion runs with (the
@@ -133,6 +135,7 @@ class EditPlan:
     row_embeddings: torch.Tensor
     choose_processor: Callable[[str, object], object]
     hooks: tuple[LatentHook, ...] = ()
+    guides: tuple[LatentGuide, ...] = ()
     recorder: AttentionRecorder | None = None
     source_prompt: str = ""
     target_prompt: str = ""

@@ -3,7 +3,10 @@
 A sampler runs the denoising loop of an edit. It asks a *noise predictor* (the pipeline's UNet
 call, with the attention processors of the method installed) for the guided noise of both
 branches, steps both latents, and passes them through the method's *latent hooks* (background
-blending) after each step. Samplers never know which controls are installed.
+blending) after each step. A sampler that supports them (``supports_guides = True``) also runs
+the method's *latent guides* before each step: a guide may call the noise predictor itself
+(e.g. with gradients on, to move the target latent down an attention energy). Samplers never
+know which controls are installed.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Any, Protocol
 
 import torch
 
-__all__ = ["BranchLatents", "LatentHook", "NoisePredictor", "Sampler"]
+__all__ = ["BranchLatents", "LatentGuide", "LatentHook", "NoisePredictor", "Sampler"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,14 @@ class LatentHook(Protocol):
     """Called after every step with the step index; returns the (possibly changed) latents."""
 
     def __call__(self, step: int, latents: BranchLatents) -> BranchLatents: ...
+
+
+class LatentGuide(Protocol):
+    """Called before every step with the step index, its timestep, the latents the step starts
+    from and the step's noise predictor; returns the (possibly changed) latents the step then
+    uses. Guides may run the predictor with gradients enabled (the sampler itself runs without)."""
+
+    def __call__(self, step: int, timestep: torch.Tensor, latents: BranchLatents, predict_noise) -> BranchLatents: ...
 
 
 # (source latent, target latent, timestep) -> (guided source noise, guided target noise)

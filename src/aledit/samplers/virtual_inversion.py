@@ -26,7 +26,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
 from ..attention.state import EditState
-from .base import BranchLatents, LatentHook, NoisePredictor
+from .base import BranchLatents, LatentGuide, LatentHook, NoisePredictor
 
 __all__ = ["VirtualInversionConfig", "VirtualInversionSampler", "virtual_inversion_step"]
 
@@ -88,7 +88,13 @@ class VirtualInversionConfig:
 
 
 class VirtualInversionSampler:
-    """Runs the dual-branch loop on a diffusers scheduler's timesteps (LCMScheduler)."""
+    """Runs the dual-branch loop on a diffusers scheduler's timesteps (LCMScheduler).
+
+    Latent guides (:class:`~.base.LatentGuide`) run before each step's noise prediction, hooks
+    after each step.
+    """
+
+    supports_guides = True
 
     def __init__(self, scheduler, config: VirtualInversionConfig = VirtualInversionConfig()):
         self.scheduler = scheduler
@@ -114,6 +120,7 @@ class VirtualInversionSampler:
         hooks: list[LatentHook] | tuple[LatentHook, ...] = (),
         generator: torch.Generator | None = None,
         progress: bool = True,
+        guides: list[LatentGuide] | tuple[LatentGuide, ...] = (),
     ) -> BranchLatents:
         """Edits ``x0`` (clean source latent ``[1, C, h, w]``); returns the final latents."""
         timesteps = self.timesteps(x0.device)
@@ -125,6 +132,8 @@ class VirtualInversionSampler:
             state.step = i
             alpha_t = alphas[t].to(x0.dtype)
             state.alpha_t = float(alphas[t])
+            for guide in guides:
+                latents = guide(i, t, latents, predict_noise)
             e_s, e_t = predict_noise(latents.source, latents.target, t)
             last = i == len(timesteps) - 1
             alpha_prev = alpha_t if last else alphas[timesteps[i + 1]].to(x0.dtype)

@@ -158,9 +158,18 @@ def bench_cases(n_edits: int = 200, seed: int = 0, n_objects: int = 3, size: int
 
 # Method variants the comparison names on their own (PIE-Bench's "ddim+p2p": P2P without NTI;
 # ALE as the authors' code does it, docs/ale_presets.md).
+# BindEdit (docs/bindedit.md): default = binding only; "all" = the three terms; the ablation
+# takes one term off "all" at a time; "off" = the plain dual-branch edit; "bb" adds ALE's
+# background blending to the default.
 METHOD_VARIANTS: dict[str, tuple[str, dict]] = {
     "p2p-ddim": ("p2p", {"null_text": False}),
     "ale-authors": ("ale", {"preset": "authors"}),
+    "bindedit-all": ("bindedit", {"binding": True, "rebalance": True, "fidelity": True}),
+    "bindedit-no-binding": ("bindedit", {"binding": False, "rebalance": True, "fidelity": True}),
+    "bindedit-no-rebalance": ("bindedit", {"binding": True, "rebalance": False, "fidelity": True}),
+    "bindedit-no-fidelity": ("bindedit", {"binding": True, "rebalance": True, "fidelity": False}),
+    "bindedit-off": ("bindedit", {"binding": False, "rebalance": False, "fidelity": False}),
+    "bindedit-bb": ("bindedit", {"background_blend": True}),
 }
 
 
