@@ -111,6 +111,10 @@ def add_method_options(p, ale_shortcuts: bool = True) -> None:
     p.add_argument("--no-ore", action="store_true", help="ale: switch off Object-Restricted Embeddings")
     p.add_argument("--no-rgb-cam", action="store_true", help="ale: switch off region-guided cross-attention masking")
     p.add_argument("--no-bb", action="store_true", help="ale: switch off background blending")
+    p.add_argument(
+        "--task", default=None, choices=("edit", "retain", "background", "remove"),
+        help="cpam: edit the object, retain its identity, change only the background, or remove it (default edit)",
+    )
 
 
 _SHORTCUTS = (
@@ -121,6 +125,7 @@ _SHORTCUTS = (
     ("no_ore", "ore", False),
     ("no_rgb_cam", "rgb_cam", False),
     ("no_bb", "background_blend", False),
+    ("task", "task", None),
 )
 
 
