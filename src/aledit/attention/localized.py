@@ -54,6 +54,9 @@ class CPAMMasks:
         accumulate: average the maps of every step so far (the reference code) rather than only
             the last step's.
         dilation: ratio of the derived ``M_t``'s dilation kernel to ``sqrt(area)``.
+        pooling: how a mask reaches a coarser layer: ``"any"`` (a cell is in the mask when any
+            pixel it covers is, aledit's rule for object masks) or ``"all"`` (when every pixel
+            is: for an inverted object mask, so a cell touching the object stays outside it).
 
     Attributes:
         history: the refined ``M_t`` of each step that refined it, ``[h, w]`` bool at latent
@@ -70,7 +73,10 @@ class CPAMMasks:
         threshold: float = 0.45,
         accumulate: bool = True,
         dilation: float = 0.1,
+        pooling: str = "any",
     ):
+        if pooling not in ("any", "all"):
+            raise ValueError(f"pooling must be 'any' or 'all', got {pooling!r}")
         if source is not None and (source.ndim != 2 or target is None or target.ndim != 2):
             raise ValueError("a given source mask needs a target mask; both [H, W] bool")
         self.state = state
@@ -87,6 +93,7 @@ class CPAMMasks:
         self.threshold = threshold
         self.accumulate = accumulate
         self.dilation = dilation
+        self.pooling = pooling
         self.history: list[torch.Tensor] = []
         self._step = state.step
         self._sums: dict[str, torch.Tensor] = {}  # running sums of [h, w] latent maps
@@ -155,7 +162,10 @@ class CPAMMasks:
             return None
         hw = tuple(hw)
         if hw not in self._cache:
-            self._cache[hw] = tuple(downsample_any(m, hw).flatten() for m in found)
+            if self.pooling == "any":
+                self._cache[hw] = tuple(downsample_any(m, hw).flatten() for m in found)
+            else:
+                self._cache[hw] = tuple((~downsample_any(~m, hw)).flatten() for m in found)
         return self._cache[hw]
 
 

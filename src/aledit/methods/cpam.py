@@ -247,7 +247,8 @@ class CPAMMethod:
         else:
             source = objects
             target = dilate_square(source, area_kernel(source, cfg.target_dilation))
-        return CPAMMasks(ctx.state, source, target, {TARGET: target_words}, refine_from, **common)
+        pooling = "all" if task == "background" else "any"  # the object keeps every cell it touches
+        return CPAMMasks(ctx.state, source, target, {TARGET: target_words}, refine_from, pooling=pooling, **common)
 
     def plan(self, ctx: MethodContext) -> EditPlan:
         """Row embeddings, preservation adaptation on every self-attention layer, localized
