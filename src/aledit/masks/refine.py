@@ -29,7 +29,7 @@ def area_kernel(mask: torch.Tensor, ratio: float) -> int:
 
 def dilate_square(mask: torch.Tensor, kernel: int) -> torch.Tensor:
     """Dilates ``[H, W]`` bool by a ``kernel x kernel`` square (centred; an even side reaches one
-    pixel further up/left); ``kernel <= 1`` returns a copy. Output ``[H, W]`` bool."""
+    pixel further down/right); ``kernel <= 1`` returns a copy. Output ``[H, W]`` bool."""
     if kernel <= 1:
         return mask.clone()
     before, after = kernel // 2, (kernel - 1) // 2
