@@ -53,7 +53,7 @@ def classes(image: np.ndarray, background: str) -> np.ndarray:
 def run_case(pipe, case, settings) -> list[dict]:
     obj_edit = case.edit.objects[0]
     source, target = obj_edit.source_phrase, obj_edit.target_phrase
-    obj = case.scene.masks[obj_edit.index]
+    obj = np.array(case.scene.masks[obj_edit.index], dtype=bool)
     background = case.scene.spec.background
     image = Image.fromarray(case.scene.image)
     src = classes(case.scene.image, background)
