@@ -115,6 +115,10 @@ def add_method_options(p, ale_shortcuts: bool = True) -> None:
         "--preset", default=None, metavar="paper|authors",
         help="ale: 'paper' (default) or 'authors' to reproduce the authors' code (docs/ale_presets.md)",
     )
+    p.add_argument(
+        "--task", default=None, choices=("edit", "retain", "background", "remove"),
+        help="cpam: edit the object, retain its identity, change only the background, or remove it (default edit)",
+    )
 
 
 _SHORTCUTS = (
@@ -126,6 +130,7 @@ _SHORTCUTS = (
     ("no_rgb_cam", "rgb_cam", False),
     ("no_bb", "background_blend", False),
     ("preset", "preset", None),
+    ("task", "task", None),
 )
 
 

@@ -10,6 +10,16 @@ target, each target row ``r`` with source partner ``s`` computes, at a layer of 
     O_bg = softmax(Q_r K_s^T * scale + log(1 - M_s)) V_s  # background keys only
     O_r  = M_t * O_fg + (1 - M_t) * O_bg                 # per query position
 
+Which source keys the object queries read, and when, are parameters, so CPAM's preservation
+adaptation (Vo et al., Eqs. 1-3; :mod:`aledit.methods.cpam`) is this same operation:
+
+* ``object_keys="source"`` (MasaCtrl): ``O_fg`` over the source keys inside ``M_s``;
+  ``"target"`` (CPAM's object retention, Eq. 2): inside ``M_t``; ``"background"`` (CPAM's
+  removal): outside ``M_s``, so every query reads only the source background;
+* ``object_window``: the steps in which object queries borrow at all; outside it they keep the
+  target's own self-attention, ``O_fg = softmax(Q_r K_r^T) V_r`` (CPAM before step ``T`` or
+  below layer ``L``, or without retention), while background queries still read ``O_bg``.
+
 The masks come from a provider with ``at(hw) -> (M_s, M_t)`` flattened, or ``None`` (then the
 layer does plain mutual self-attention):
 
@@ -34,12 +44,17 @@ from .base import EditAttnProcessor
 from .state import SOURCE, TARGET, EditState
 
 __all__ = [
+    "OBJECT_KEYS",
     "CrossAttentionMasks",
     "GivenMasks",
     "MaskedMutualSelfAttentionProcessor",
     "attention_foreground",
     "region_attention",
 ]
+
+
+# Which source keys a target object query reads (MaskedMutualSelfAttentionProcessor.object_keys).
+OBJECT_KEYS = ("source", "target", "background")
 
 
 def region_attention(
@@ -144,14 +159,25 @@ class MaskedMutualSelfAttentionProcessor(EditAttnProcessor):
 
     Args:
         state: the call's shared state (layout and step).
-        window: when to act, an object with ``active(step, num_steps)`` (:mod:`.schedule`).
-        masks: :class:`GivenMasks` or :class:`CrossAttentionMasks` (``at(hw)``).
+        window: when to act, an object with ``active(step, num_steps)`` (:mod:`.schedule`);
+            outside it the layer is plain self-attention.
+        masks: :class:`GivenMasks`, :class:`CrossAttentionMasks` or any object with
+            ``at(hw) -> (M_s, M_t) | None`` (``[h * w]`` bool each).
+        object_keys: which source keys the object queries (inside ``M_t``) read: ``"source"``
+            (inside ``M_s``, MasaCtrl), ``"target"`` (inside ``M_t``, CPAM's retention) or
+            ``"background"`` (outside ``M_s``, CPAM's removal).
+        object_window: when object queries borrow (``None``: whenever ``window`` is active);
+            in active steps outside it they keep the target's own self-attention.
     """
 
-    def __init__(self, state: EditState, window, masks):
+    def __init__(self, state: EditState, window, masks, object_keys: str = "source", object_window=None):
+        if object_keys not in OBJECT_KEYS:
+            raise ValueError(f"object_keys must be one of {OBJECT_KEYS}, got {object_keys!r}")
         self.state = state
         self.window = window
         self.masks = masks
+        self.object_keys = object_keys
+        self.object_window = object_window
 
     def attend(self, attn, query, key, value, attention_mask, is_cross):
         plain = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=attn.scale)
@@ -159,6 +185,8 @@ class MaskedMutualSelfAttentionProcessor(EditAttnProcessor):
             return plain
         layout = self.state.layout
         found = self.masks.at(self.state.layer_hw(query.shape[2]))
+        window = self.object_window
+        borrow_object = window is None or window.active(self.state.step, self.state.num_steps)
         out = plain.clone()
         for row in layout.rows_of(TARGET):
             src = layout.source_partner(row)
@@ -168,7 +196,12 @@ class MaskedMutualSelfAttentionProcessor(EditAttnProcessor):
                 out[row] = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=attn.scale)
                 continue
             source_fg, target_fg = found
-            fg = region_attention(q, k, v, source_fg, attn.scale, bias)
             bg = region_attention(q, k, v, ~source_fg, attn.scale, bias)
+            if not borrow_object:
+                fg = plain[row]
+            elif self.object_keys == "background":
+                fg = bg
+            else:
+                fg = region_attention(q, k, v, source_fg if self.object_keys == "source" else target_fg, attn.scale, bias)
             out[row] = torch.where(target_fg.to(q.device)[None, :, None], fg, bg)
         return out
