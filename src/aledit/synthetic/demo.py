@@ -177,12 +177,10 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 def _run_demo(args) -> int:
     from ..commands import UsageError
-    from ..io import check_output_file
+    from ..io import check_output_image
 
-    if args.steps < 1:
-        raise UsageError(f"--steps must be >= 1, got {args.steps}")
     try:
-        check_output_file(args.out)
+        check_output_image(args.out)
     except OSError as exc:
         raise UsageError(str(exc)) from None
     pipe = None
