@@ -299,3 +299,21 @@ def test_gitignore_has_the_readme_demo_output():
     root = os.path.join(os.path.dirname(__file__), "..")
     with open(os.path.join(root, ".gitignore")) as f:
         assert "/demo.png" in f.read().split()
+
+
+def test_readme_demo_output_has_the_demo_commands_format():
+    """The README shows what `aledit demo --seed 5` prints (numbers checked by running it; here the
+    lines and columns, which do not depend on the machine)."""
+    from aledit.synthetic.demo import DEMO_KEYS
+
+    root = os.path.join(os.path.dirname(__file__), "..")
+    with open(os.path.join(root, "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    block = text[text.index("```text\nscene: ") + len("```text\n"):]
+    lines = block[: block.index("```")].strip().splitlines()
+    header = "| config | " + " | ".join(title for _, title in DEMO_KEYS) + " |"
+    assert lines[0].startswith("scene: ") and lines[1].startswith("edit (material): ")
+    assert lines[2] == header and lines[3] == "|" + "---|" * (len(DEMO_KEYS) + 1)
+    assert [line.split(" | ")[0] for line in lines[4:6]] == ["| naive", "| ALE"]
+    assert all(line.count("|") == len(DEMO_KEYS) + 2 for line in lines[4:6])
+    assert lines[6] == "wrote demo.png"

@@ -273,6 +273,7 @@ def load_pipeline(model: str | None, device: str | None, method: str = "ale"):
     check_model_arg(model)
     check_hub_model(model)
     logger.info("loading %s on %s", model, device)
+    quiet_loading_bar()
     try:
         return ALEEditPipeline.from_pretrained(model).to(device)
     except Exception as exc:  # any loading failure is the user's model argument or network
@@ -377,6 +378,14 @@ def mask_provider(args, pipe=None):
         return CachedMaskProvider(provider, args.mask_cache, key_parts=key_parts)
     except OSError as exc:
         raise UsageError(str(exc)) from None
+
+
+def quiet_loading_bar() -> None:
+    """No "Loading pipeline components" bar from diffusers unless ``-v``."""
+    if not logger.isEnabledFor(logging.INFO):
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.disable_progress_bar()
 
 
 def quiet_libraries() -> None:

@@ -183,10 +183,11 @@ def _run_demo(args) -> int:
         check_output_image(args.out)
     except OSError as exc:
         raise UsageError(str(exc)) from None
+    from ..commands import load_pipeline, quiet_loading_bar
+
+    quiet_loading_bar()
     pipe = None
     if args.model is not None:
-        from ..commands import load_pipeline
-
         pipe = load_pipeline(args.model, "cpu")
     result = run_demo(args.out, args.seed, args.edit_type, pipe=pipe, settings=SYNTHETIC_EDIT_SETTINGS.replace(steps=args.steps))
     print(f"scene: {result.scene.caption} ({result.scene.background} background)")
