@@ -250,8 +250,9 @@ def check_hub_model(model: str, flag: str = "--model", offline_hint: str | None 
     the hub cannot be reached (instead of the hub client's retries); local folders and the
     offline presets pass."""
     model = str(model)
-    if model in PRESET_MODELS or os.path.isdir(os.path.expanduser(model)) or _in_hub_cache(model, cache_files):
-        return
+    looks_like_path = model.startswith(("/", "./", "../", "~", ".\\")) or os.path.isabs(model) or os.path.exists(model)
+    if model in PRESET_MODELS or looks_like_path or _in_hub_cache(model, cache_files):
+        return  # a folder (a missing one fails with its own message when loading) or a cached id
     reason = hub_unreachable_reason()
     if reason is None:
         return

@@ -193,6 +193,6 @@ class CachedMaskProvider:
             os.fsync(f.fileno())
 
         try:  # a temporary file renamed into place, with the mode a plain open() gives (0666 - umask)
-            write_atomic(path, ".png", write)
+            write_atomic(path, ".tmp", write)
         except OSError as exc:
             logger.warning("mask cache: could not write %s (%s); the mask is used but not cached", path, exc)
