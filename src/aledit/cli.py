@@ -164,16 +164,16 @@ def _run_edit(args) -> int:
         panels.append(result.image)
         titles.append(f"{method}: " + "; ".join(f"{e.source} -> {e.target}" for e in edits))
         outputs.append((side_by_side(panels, titles), side_by_side_path))
-    written = []
+    written: list[str] = []
     try:
         if args.save_masks and result.object_masks is not None:
             with output_dir(args.save_masks):
                 written += _write_masks(args.save_masks, image, [e.source for e in edits], result.object_masks)
         written += save_outputs(outputs)
-    except OutputsInterrupted as exc:
-        raise OutputsInterrupted(written + exc.written) from None
-    for path in written:
-        print(f"wrote {path}")
+        for path in written:
+            print(f"wrote {path}")
+    except KeyboardInterrupt as exc:  # say what is already in place
+        raise OutputsInterrupted(written + getattr(exc, "written", [])) from None
     return 0
 
 
@@ -215,7 +215,7 @@ def _write_masks(directory: str, image, names, masks) -> list[str]:
 def _run_masks(args) -> int:
     import torch
 
-    from .io import check_output_dir, output_dir
+    from .io import OutputsInterrupted, check_output_dir, output_dir
     from .masks.ops import MaskError
 
     if not args.object:
@@ -238,8 +238,11 @@ def _run_masks(args) -> int:
     except MaskError as exc:
         raise UsageError(str(exc).replace("\n", " ")) from None
     with output_dir(args.out):
-        _write_masks(args.out, image, names, torch.stack([found[n] for n in names]))
-    print(f"wrote {len(names)} masks and overlay.png to {args.out}")
+        written = _write_masks(args.out, image, names, torch.stack([found[n] for n in names]))
+    try:
+        print(f"wrote {len(names)} masks and overlay.png to {args.out}")
+    except KeyboardInterrupt:
+        raise OutputsInterrupted(written) from None
     return 0
 
 

@@ -287,6 +287,8 @@ def _run_run(args) -> int:
     bench = _load_bench_arg(args.bench)
     try:
         check_output_dir(args.out)
+        if args.inversion_cache:
+            check_output_dir(args.inversion_cache, "--inversion-cache")
     except OSError as exc:
         raise UsageError(str(exc)) from None
     try:

@@ -508,7 +508,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 def _run_bench(args) -> int:
     from ..commands import UsageError, check_model_arg, load_pipeline
-    from ..io import check_output_dir, output_dir, save_outputs
+    from ..io import OutputsInterrupted, check_output_dir, output_dir, save_outputs
     from .model import synthetic_model_path
 
     configs = tuple(c.strip() for c in args.configs.split(",") if c.strip())
@@ -535,11 +535,14 @@ def _run_bench(args) -> int:
         )
         md_path = os.path.join(args.out, "synthetic_bench.md")
         # Every file is renamed into place, so an interrupted run leaves none half-written.
-        save_outputs([
+        written = save_outputs([
             ("".join(json.dumps(record) + "\n" for record in result.records), os.path.join(args.out, "records.jsonl")),
             (result.markdown(), md_path),
             (result.chart(), os.path.join(args.out, "synthetic_bench.png")),
         ])
-    print(result.markdown())
-    print(f"wrote {md_path}, synthetic_bench.png and records.jsonl to {args.out}")
+    try:
+        print(result.markdown())
+        print(f"wrote {md_path}, synthetic_bench.png and records.jsonl to {args.out}")
+    except KeyboardInterrupt:
+        raise OutputsInterrupted(written) from None
     return 0

@@ -190,8 +190,13 @@ def _run_demo(args) -> int:
     if args.model is not None:
         pipe = load_pipeline(args.model, "cpu")
     result = run_demo(args.out, args.seed, args.edit_type, pipe=pipe, settings=SYNTHETIC_EDIT_SETTINGS.replace(steps=args.steps))
-    print(f"scene: {result.scene.caption} ({result.scene.background} background)")
-    print(f"edit ({result.edit.edit_type.value}): {result.edit_text}")
-    print(format_scores(result.scores))
-    print(f"wrote {args.out}")
+    try:
+        print(f"scene: {result.scene.caption} ({result.scene.background} background)")
+        print(f"edit ({result.edit.edit_type.value}): {result.edit_text}")
+        print(format_scores(result.scores))
+        print(f"wrote {args.out}")
+    except KeyboardInterrupt:
+        from ..io import OutputsInterrupted
+
+        raise OutputsInterrupted([args.out]) from None
     return 0
