@@ -317,3 +317,14 @@ def test_readme_demo_output_has_the_demo_commands_format():
     assert [line.split(" | ")[0] for line in lines[4:6]] == ["| naive", "| ALE"]
     assert all(line.count("|") == len(DEMO_KEYS) + 2 for line in lines[4:6])
     assert lines[6] == "wrote demo.png"
+
+
+def test_hub_client_lines_are_printed_once(capfd):
+    import logging
+
+    import huggingface_hub.utils.logging  # noqa: F401  (its own stderr handler)
+
+    assert main(["methods"]) == 0
+    capfd.readouterr()
+    logging.getLogger("huggingface_hub.utils._http").warning("Retrying in 1s [Retry 1/5].")
+    assert capfd.readouterr().err.count("Retrying in 1s") == 1

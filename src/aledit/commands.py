@@ -431,6 +431,8 @@ def run_parser(parser: argparse.ArgumentParser | None, argv: list[str] | None = 
             parser = build()
         args = parser.parse_args(argv)
         logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s", force=True)
+        # huggingface_hub logs through its own stderr handler and also propagates: each line twice.
+        logging.getLogger("huggingface_hub").propagate = False
         if not args.verbose:
             quiet_libraries()
         check_args(args)

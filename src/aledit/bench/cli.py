@@ -103,6 +103,7 @@ def _load_bench_arg(value: str):
 
 
 def _run_generate(args) -> int:
+    from ..io import check_output_dir
     from ..edits import EditType
     from .dataset import MASK_SUFFIX, BenchFormatError, find_image, write_benchmark
     from .generate import derive_object_lists, generate_edits, read_objects_json
@@ -110,6 +111,10 @@ def _run_generate(args) -> int:
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UsageError(f"{out} already exists and is not an empty folder; choose a new output folder")
+    try:
+        check_output_dir(out, "bench generate OUT")
+    except OSError as exc:
+        raise UsageError(str(exc)) from None
 
     images_dir, masks_dir = args.images, args.masks
     if args.objects == ALE_BENCH or os.path.isdir(args.objects):
