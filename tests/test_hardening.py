@@ -319,12 +319,18 @@ def test_readme_demo_output_has_the_demo_commands_format():
     assert lines[6] == "wrote demo.png"
 
 
-def test_hub_client_lines_are_printed_once(capfd):
+def test_hub_client_lines_are_printed_once():
+    """huggingface_hub has its own stderr handler; after the CLI configured logging, a record of
+    its (e.g. a retry line) reaches exactly one handler."""
     import logging
 
-    import huggingface_hub.utils.logging  # noqa: F401  (its own stderr handler)
+    import huggingface_hub.utils.logging  # noqa: F401  (adds its handler)
 
     assert main(["methods"]) == 0
-    capfd.readouterr()
-    logging.getLogger("huggingface_hub.utils._http").warning("Retrying in 1s [Retry 1/5].")
-    assert capfd.readouterr().err.count("Retrying in 1s") == 1
+    reached, logger = 0, logging.getLogger("huggingface_hub.utils._http")
+    while logger is not None:
+        reached += len(logger.handlers)
+        if not logger.propagate:
+            break
+        logger = logger.parent
+    assert reached == 1

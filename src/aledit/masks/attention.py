@@ -174,7 +174,7 @@ class AttentionMasks:
         cross-attention maps ``[N, h, w]`` and ``hw``.
 
         Only the self-attention layers at ``hw`` and the cross-attention layers are recorded,
-        each averaged into a running sum as it runs (peak memory: README, "Masks")."""
+        each averaged into a running sum as it runs (peak memory: README, "CLI")."""
         prompt = join_phrases(phrases)
         layout = layout_prompt(self.pipe.tokenizer, prompt, phrases)
         hw = self._self_attention_hw()
