@@ -5,8 +5,6 @@ import torch
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
-SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "ale-bench")
-
 
 @pytest.fixture(scope="session")
 def tokenizer():
@@ -91,6 +89,7 @@ def tiny_dino():
 
 @pytest.fixture(scope="session")
 def bench_dir():
-    if not os.path.isdir(SHARED):
-        pytest.skip("../shared/ale-bench is not beside the checkout")
-    return SHARED
+    """The ALE-Bench folder that ships inside the package (images, masks, prompts)."""
+    from aledit.bench.dataset import ale_bench_root
+
+    return str(ale_bench_root())

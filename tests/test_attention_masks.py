@@ -4,6 +4,7 @@ import torch
 from PIL import Image
 
 from aledit.masks import MaskError
+from aledit.attention.recording import RecordingAttnProcessor
 from aledit.masks.attention import AttentionMasks, agreement_scores, kmeans, masks_from_attention
 
 
@@ -78,3 +79,49 @@ def test_cli_with_the_attention_provider(tmp_path, capsys):
                  "--mask-provider", "attention", "--out", str(tmp_path / "out.png"), *common]) == 0
     assert Image.open(tmp_path / "out.png").size == (56, 40)
     assert sorted(os.listdir(tmp_path / "c")) == cached  # found masks came from the cache
+
+
+class _FullMapRecording(RecordingAttnProcessor):
+    """The provider's recording before it was chunked: every layer's full probability map."""
+
+    def attend(self, attn, query, key, value, attention_mask, is_cross):
+        row = self.state.layout.index(self.branch, True)
+        logits = torch.matmul(query[row], key[row].transpose(-1, -2)) * attn.scale
+        if attention_mask is not None:
+            logits = logits + attention_mask[row]
+        self.recorder.add(logits.softmax(dim=-1), self.state.layer_hw(query.shape[2]))
+        return torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=attn.scale)
+
+
+def test_chunked_recording_equals_the_full_maps(pipe, monkeypatch):
+    """Recording a few query rows at a time (only the layers needed) gives the maps and masks the
+    full per-layer probabilities gave."""
+    import aledit.masks.attention as attention_masks
+
+    rng = np.random.default_rng(1)
+    image = Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    provider = AttentionMasks(pipe, size=64, steps=2, threshold=0.0)
+
+    class Chunked(RecordingAttnProcessor):
+        def __init__(self, state, recorder):
+            super().__init__(state, recorder, chunk_bytes=4 * 8 * 64 * 7)  # a few rows per block
+
+    monkeypatch.setattr(attention_masks, "RecordingAttnProcessor", Chunked)
+    self_new, cross_new, hw = provider.record(image, ["cat", "dog"])
+    masks_new = provider(image, ["cat", "dog"])
+    monkeypatch.setattr(attention_masks, "RecordingAttnProcessor", _FullMapRecording)
+    self_old, cross_old, hw_old = provider.record(image, ["cat", "dog"])
+    masks_old = provider(image, ["cat", "dog"])
+    assert hw == hw_old
+    torch.testing.assert_close(self_new, self_old, rtol=0, atol=1e-6)  # float32 rounding of the blocked matmul
+    torch.testing.assert_close(cross_new, cross_old, rtol=0, atol=1e-6)
+    assert all(torch.equal(masks_new[k], masks_old[k]) for k in masks_old)
+
+
+def test_recorders_skip_layers_they_do_not_need():
+    from aledit.attention.recorder import AttentionRecorder, SelfAttentionRecorder
+
+    self_rec = SelfAttentionRecorder((4, 4))
+    assert self_rec.wants((4, 4), False) and not self_rec.wants((8, 8), False) and not self_rec.wants((4, 4), True)
+    assert AttentionRecorder(((1, 2),), (4, 4)).wants((8, 8), True)
+    assert not AttentionRecorder(((1, 2),), (4, 4)).wants((8, 8), False)

@@ -44,7 +44,7 @@ from aledit.bench.methods import (
     build_method,
     register_method,
 )
-from aledit.bench.report import method_labels
+from aledit.bench.report import method_labels, write_report
 from aledit.bench.runner import Shard, parse_shard, resolve_shard, run_benchmark, select_edits
 from aledit.bench.store import read_results, store_files
 from aledit.edits import EditType, infer_edit_type
@@ -247,10 +247,10 @@ def test_vendored_ale_bench_loads_as_published(ale_bench):
         ale_bench.edit("nope")
 
 
-def test_vendored_copy_equals_the_shared_one(ale_bench, bench_dir):
-    shared = load_ale_bench(bench_dir)
-    assert [e.to_json() for e in shared.edits] == [e.to_json() for e in ale_bench.edits]
-    assert {k: sorted(v) for k, v in shared.masks.items()} == {k: sorted(v) for k, v in ale_bench.masks.items()}
+def test_vendored_copy_loads_the_same_by_its_folder(ale_bench, bench_dir):
+    by_folder = load_ale_bench(bench_dir)
+    assert [e.to_json() for e in by_folder.edits] == [e.to_json() for e in ale_bench.edits]
+    assert {k: sorted(v) for k, v in by_folder.masks.items()} == {k: sorted(v) for k, v in ale_bench.masks.items()}
 
 
 def test_pyproject_ships_the_vendored_data():
@@ -361,7 +361,7 @@ def test_register_adds_bench_subcommands():
         (["--shard", "2/2"], "malformed shard '2/2'"),
         (["--size", "63"], "--size must be a positive multiple of 8"),
         (["--limit", "0"], "--limit must be >= 1"),
-        (["--no-ore", "--self-replace", "3"], "self_replace must be in [0, 1]"),
+        (["--no-ore", "--self-replace", "3"], "--self-replace must be in [0, 1]"),
         (["--method", "magic"], "unknown method 'magic'; available: ale, p2p, masactrl, fpe, infedit"),
         (["--method", "p2p", "--no-ore"], "method 'p2p' takes no option 'ore' (an option of ale)"),
         (["--method", "infedit", "--option", "cross_replace=2"], "cross_replace must be in [0, 1]"),
@@ -637,3 +637,60 @@ def test_report_unknown_gallery_id(tmp_path, tiny_bench, capsys):
     assert main(["report", str(tmp_path / "run"), "--gallery", "nope"]) == 2
     err = capsys.readouterr().err
     assert "no results for edit 'nope'" in err and err.count("\n") == 1
+    assert not (tmp_path / "run" / "report").exists()  # validated before anything is written
+    (tmp_path / "mine").mkdir()
+    assert main(["report", str(tmp_path / "run"), "--out", str(tmp_path / "mine"), "--gallery", "nope"]) == 2
+    assert os.listdir(tmp_path / "mine") == []
+
+
+def test_metrics_missing_from_a_no_metrics_run_are_computed_later_without_re_editing(
+    tmp_path, tiny_bench, tiny_metric_models
+):
+    method = Counting(fake())
+    first = run_benchmark(tiny_bench, method, tmp_path, limit=3, progress=False)  # like --no-metrics
+    assert (first.done, first.evaluated) == (3, 0)
+    assert all(math.isnan(r.metric("whole_clip")) for r in read_results([tmp_path]))
+    report = write_report([tmp_path], tmp_path / "report")
+    assert "**3 of 3 results have no metrics**" in report.markdown.read_text()
+    before = {r.edit_id: Path(r.output).read_bytes() for r in read_results([tmp_path])}
+
+    again = run_benchmark(tiny_bench, method, tmp_path, limit=3, metric_models=tiny_metric_models, progress=False)
+    assert (again.skipped, again.done, again.evaluated, again.failed) == (3, 0, 3, 0)
+    assert len(method.calls) == 3  # no edit redone
+    rows = read_results([tmp_path])
+    assert len(rows) == 3 and all(np.isfinite(r.metric("whole_clip")) for r in rows)
+    assert {r.edit_id: Path(r.output).read_bytes() for r in rows} == before
+    # the metrics equal those of a run that computed them at once
+    fresh = tmp_path / "fresh"
+    run_benchmark(tiny_bench, fake(), fresh, limit=3, metric_models=tiny_metric_models, progress=False)
+    expected = {r.edit_id: r.metrics for r in read_results([fresh])}
+    assert {r.edit_id: dict(r.metrics) for r in rows} == {k: dict(v) for k, v in expected.items()}
+    third = run_benchmark(tiny_bench, method, tmp_path, limit=3, metric_models=tiny_metric_models, progress=False)
+    assert (third.evaluated, third.done) == (0, 0)
+    assert "have no metrics" not in write_report([tmp_path], tmp_path / "report").markdown.read_text()
+
+
+def test_cli_run_exits_non_zero_when_edits_failed(tmp_path, capsys, monkeypatch):
+    from aledit.bench import methods
+
+    monkeypatch.setattr(methods, "_REGISTRY", dict(methods._REGISTRY))
+    failing = {"on": True}
+
+    def edit(image, edits, masks, seed):
+        if failing["on"]:
+            raise RuntimeError("boom")
+        return image
+
+    register_method("test-fails", lambda settings: CallableMethod("test-fails", {}, edit))
+    argv = ["run", "ale-bench", "--method", "test-fails", "--limit", "2", "--out", str(tmp_path / "run"),
+            "--no-metrics", "--no-progress"]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert "0 done now, 2 failed" in captured.out
+    last = captured.err.strip().splitlines()[-1]
+    assert last.startswith("aledit: error: 2 of 2 edits failed (first: ") and "--retry-failed" in last
+    assert main(argv) == 1  # still failed (stored), still says so
+    assert "2 of 2 edits failed" in capsys.readouterr().err
+    failing["on"] = False
+    assert main([*argv, "--retry-failed"]) == 0
+    assert "2 done now, 0 failed" in capsys.readouterr().out

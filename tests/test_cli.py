@@ -62,7 +62,7 @@ def test_edit_writes_the_image_and_a_side_by_side(files, capsys):
         ("output directory missing", dict(out="{d}/no/such/dir/out.png"), (), "does not exist"),
         ("output directory not writable", dict(out="/proc/out.png"), (), "not writable"),
         ("bad size", {}, ("--size", "60"), "multiple of 8"),
-        ("bad schedule", {}, ("--self-replace", "2"), "self_replace"),
+        ("bad schedule", {}, ("--self-replace", "2"), "--self-replace"),
     ],
 )
 def test_bad_input_is_one_clear_line(files, capsys, case, kw, extra, message):

@@ -149,13 +149,9 @@ def test_inversion_cache_is_shared_by_methods_and_exact(tmp_path):
 
 def test_bench_runs_a_baseline(tmp_path, capsys):
     """`aledit bench run --method p2p` on two ALE-Bench edits with the tiny model, then resumes."""
-    import os
-
     from aledit.cli import main as cli
 
-    shared = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "ale-bench")
-    bench = shared if os.path.isdir(shared) else "ale-bench"
-    argv = ["bench", "run", bench, "--method", "p2p", "--model", "tiny-random", "--size", "64", "--steps", "2",
+    argv = ["bench", "run", "ale-bench", "--method", "p2p", "--model", "tiny-random", "--size", "64", "--steps", "2",
             "--limit", "2", "--no-metrics", "--no-progress", "--out", str(tmp_path / "run"),
             "--option", "null_text=false"]
     assert cli(argv) == 0

@@ -86,13 +86,16 @@ def _parse_masks(items: list[str]) -> dict[str, str]:
         name, sep, path = item.partition("=")
         if not sep or not name.strip() or not path.strip():
             raise UsageError(f"malformed --mask {item!r}: expected NAME=PATH, e.g. wolf=wolf.png")
-        masks[" ".join(name.split())] = path.strip()
+        name = " ".join(name.split())
+        if name in masks:
+            raise UsageError(f"--mask {name!r} is given twice ({masks[name]} and {path.strip()}); give one mask per object")
+        masks[name] = path.strip()
     return masks
 
 
 def _run_edit(args) -> int:
     from .edits import EditError, parse_edit
-    from .io import check_output_file, check_writable_dir
+    from .io import check_output_dir, check_output_image
 
     # Everything that needs no model is checked first, so mistakes fail fast.
     if not args.edit:
@@ -116,20 +119,21 @@ def _run_edit(args) -> int:
     for name, path in masks.items():
         if not os.path.isfile(path):
             raise UsageError(f"mask file for {name!r} not found: {path}")
+    side_by_side_path = os.path.splitext(args.out)[0] + "_side_by_side.png" if args.side_by_side else None
+    inputs = [args.image, *masks.values()]
     try:
-        check_output_file(args.out)
+        check_output_image(args.out, inputs)
+        if side_by_side_path:
+            check_output_image(side_by_side_path, inputs, flag="--side-by-side")
         if args.save_masks:
-            os.makedirs(args.save_masks, exist_ok=True)
-            check_writable_dir(os.path.join(args.save_masks, "overlay.png"))
+            check_output_dir(args.save_masks, "--save-masks")
+        if args.inversion_cache:
+            check_output_dir(args.inversion_cache, "--inversion-cache")
     except OSError as exc:
         raise UsageError(str(exc)) from None
-    if args.size is not None and (args.size <= 0 or args.size % 8):
-        raise UsageError(f"--size must be a positive multiple of 8, got {args.size}")
-    if args.steps is not None and args.steps < 1:
-        raise UsageError(f"--steps must be >= 1, got {args.steps}")
     method, options = method_from_args(args)
 
-    from .io import save_image_atomic
+    from .io import OutputsInterrupted, output_dir, save_outputs
     from .masks.ops import MaskError
     from .methods.base import MASKS_REQUIRED
     from .methods.registry import method_info
@@ -150,12 +154,8 @@ def _run_edit(args) -> int:
         )
     except (EditError, MaskError, PromptError) as exc:
         raise UsageError(str(exc).replace("\n", " ")) from None
-    if args.save_masks and result.object_masks is not None:
-        _write_masks(args.save_masks, image, [e.source for e in edits], result.object_masks)
-
     outputs = [(result.image, args.out)]
-    if args.side_by_side:
-        stem, _ = os.path.splitext(args.out)
+    if side_by_side_path:
         names = [e.source for e in edits]
         panels, titles = [image], ["source"]
         if result.object_masks is not None:
@@ -163,11 +163,17 @@ def _run_edit(args) -> int:
             titles.append("masks")
         panels.append(result.image)
         titles.append(f"{method}: " + "; ".join(f"{e.source} -> {e.target}" for e in edits))
-        picture = side_by_side(panels, titles)
-        outputs.append((picture, stem + "_side_by_side.png"))
-    for picture, path in outputs:
-        save_image_atomic(picture, path)
-        print(f"wrote {path}")
+        outputs.append((side_by_side(panels, titles), side_by_side_path))
+    written: list[str] = []
+    try:
+        if args.save_masks and result.object_masks is not None:
+            with output_dir(args.save_masks):
+                written += _write_masks(args.save_masks, image, [e.source for e in edits], result.object_masks)
+        written += save_outputs(outputs)
+        for path in written:
+            print(f"wrote {path}")
+    except KeyboardInterrupt as exc:  # say what is already in place
+        raise OutputsInterrupted(written + getattr(exc, "written", [])) from None
     return 0
 
 
@@ -175,26 +181,41 @@ def _safe_name(phrase: str) -> str:
     return "".join(c if c.isalnum() or c in " -_." else "_" for c in phrase).strip() or "object"
 
 
-def _write_masks(directory: str, image, names, masks) -> None:
-    """One PNG per object (255 = object, at the image's size) and ``overlay.png``."""
+def _mask_files(names: list[str]) -> list[str]:
+    """The PNG file name of each object's mask; :class:`UsageError` if two objects (or an object
+    and ``overlay.png``) would share one."""
+    files = [_safe_name(name) + ".png" for name in names]
+    seen = {"overlay.png": "the overlay"}
+    for name, file in zip(names, files):
+        if file in seen:
+            other = seen[file]
+            what = other if other == "the overlay" else repr(other)
+            raise UsageError(f"--object {name!r} would be written to {file}, as {what} is; name each object once")
+        seen[file] = name
+    return files
+
+
+def _write_masks(directory: str, image, names, masks) -> list[str]:
+    """One PNG per object (255 = object, at the image's size) and ``overlay.png``; returns the
+    paths written (:class:`~aledit.io.OutputsInterrupted` on Ctrl-C names those written so far)."""
     import numpy as np
     from PIL import Image
 
-    from .io import save_image_atomic
+    from .io import save_outputs
     from .visualize import mask_overlay
 
-    os.makedirs(directory, exist_ok=True)
-    for name, mask in zip(names, masks):
+    outputs = []
+    for file, mask in zip(_mask_files(list(names)), masks):
         picture = Image.fromarray(mask.cpu().numpy().astype(np.uint8) * 255).resize(image.size, Image.NEAREST)
-        save_image_atomic(picture, os.path.join(directory, _safe_name(name) + ".png"))
-    save_image_atomic(mask_overlay(image, masks, names), os.path.join(directory, "overlay.png"))
-    print(f"wrote {len(names)} masks and overlay.png to {directory}")
+        outputs.append((picture, os.path.join(directory, file)))
+    outputs.append((mask_overlay(image, masks, names), os.path.join(directory, "overlay.png")))
+    return save_outputs(outputs)
 
 
 def _run_masks(args) -> int:
     import torch
 
-    from .io import check_writable_dir
+    from .io import OutputsInterrupted, check_output_dir, output_dir
     from .masks.ops import MaskError
 
     if not args.object:
@@ -202,18 +223,26 @@ def _run_masks(args) -> int:
     names = [" ".join(o.split()) for o in args.object]
     if any(not n for n in names):
         raise UsageError("an --object phrase is empty")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UsageError(f"--object {twice[0]!r} is given more than once; name each object once")
+    _mask_files(names)
     image = check_image(args.image)
     try:
-        os.makedirs(args.out, exist_ok=True)
-        check_writable_dir(os.path.join(args.out, "overlay.png"))
+        check_output_dir(args.out)
     except OSError as exc:
-        raise UsageError(str(exc).replace("output directory", "--out folder")) from None
+        raise UsageError(str(exc)) from None
     provider = mask_provider(args)
     try:
         found = provider(image, names)
     except MaskError as exc:
         raise UsageError(str(exc).replace("\n", " ")) from None
-    _write_masks(args.out, image, names, torch.stack([found[n] for n in names]))
+    with output_dir(args.out):
+        written = _write_masks(args.out, image, names, torch.stack([found[n] for n in names]))
+    try:
+        print(f"wrote {len(names)} masks and overlay.png to {args.out}")
+    except KeyboardInterrupt:
+        raise OutputsInterrupted(written) from None
     return 0
 
 
@@ -276,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_parser(build_parser(), argv)
+    return run_parser(None, argv, build=build_parser)
 
 
 if __name__ == "__main__":

@@ -103,17 +103,18 @@ def _load_bench_arg(value: str):
 
 
 def _run_generate(args) -> int:
+    from ..io import check_output_dir
     from ..edits import EditType
     from .dataset import MASK_SUFFIX, BenchFormatError, find_image, write_benchmark
     from .generate import derive_object_lists, generate_edits, read_objects_json
 
-    if args.instances < 1:
-        raise UsageError(f"--instances must be >= 1, got {args.instances}")
-    if args.max_objects < 1:
-        raise UsageError(f"--max-objects must be >= 1, got {args.max_objects}")
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UsageError(f"{out} already exists and is not an empty folder; choose a new output folder")
+    try:
+        check_output_dir(out, "bench generate OUT")
+    except OSError as exc:
+        raise UsageError(str(exc)) from None
 
     images_dir, masks_dir = args.images, args.masks
     if args.objects == ALE_BENCH or os.path.isdir(args.objects):
@@ -254,7 +255,10 @@ def _load_metric_models(args, device: str):
 
     clip_id, dino_id = args.clip or DEFAULT_CLIP, args.dino or DEFAULT_DINO
     models = {}
+    from ..commands import check_hub_model
+
     for what, flag, ident, load in (("CLIP", "--clip", clip_id, load_clip), ("DINO", "--dino", dino_id, load_dino)):
+        check_hub_model(ident, flag, f"pass {flag} with a local folder, or --no-metrics", ("config.json",))
         logger.info("loading %s model %s", what, ident)
         try:
             models[what] = load(ident, device)
@@ -279,9 +283,8 @@ def _load_metric_models(args, device: str):
 
 
 def _run_run(args) -> int:
-    from ..io import check_writable_dir
-    from .methods import MethodSettings, MethodSetupError, build_method
-    from .runner import parse_shard, resolve_device, resolve_shard, run_benchmark
+    from ..io import check_output_dir, output_dir
+    from .runner import parse_shard, resolve_device, resolve_shard
     from .store import StoreError, read_results
 
     # Everything that needs no model first, so mistakes fail fast.
@@ -290,12 +293,6 @@ def _run_run(args) -> int:
         shard, local_rank = resolve_shard(manual)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    if args.limit is not None and args.limit < 1:
-        raise UsageError(f"--limit must be >= 1, got {args.limit}")
-    if args.steps is not None and args.steps < 1:
-        raise UsageError(f"--steps must be >= 1, got {args.steps}")
-    if args.size is not None and (args.size <= 0 or args.size % 8):
-        raise UsageError(f"--size must be a positive multiple of 8, got {args.size}")
     from ..commands import method_from_args
     from ..methods.registry import available_methods as editing_methods
 
@@ -305,15 +302,47 @@ def _run_run(args) -> int:
         method_name, options = args.method, {}
     bench = _load_bench_arg(args.bench)
     try:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        check_writable_dir(Path(args.out) / "probe")
+        check_output_dir(args.out)
+        if args.inversion_cache:
+            check_output_dir(args.inversion_cache, "--inversion-cache")
     except OSError as exc:
-        raise UsageError(f"--out {args.out}: {exc.strerror or exc}") from None
+        raise UsageError(str(exc)) from None
     try:
         read_results([args.out], only_done=False)  # the run folder's stores must be readable
     except StoreError as exc:
         raise UsageError(str(exc)) from None
+    if method_name in editing_methods():
+        from ..commands import check_hub_model, check_model_arg
+        from ..methods.registry import method_info
+
+        model = args.model or method_info(method_name).default_model
+        check_model_arg(model)
+        check_hub_model(model)
     device = resolve_device(args.device, local_rank)
+    with output_dir(args.out):
+        summary, method = _run_in(args, bench, method_name, options, shard, device)
+    print(
+        f"{method.name} shard {shard}: {summary.selected} edits, {summary.skipped} already done, "
+        f"{summary.done} done now, {summary.failed} failed"
+        + (f", metrics computed for {summary.evaluated} stored edits" if summary.evaluated else "")
+        + f"; results in {summary.store}"
+    )
+    failed = summary.failed + summary.failed_before
+    if failed:
+        first = f" (first: {summary.errors[0][0]}: {summary.errors[0][1]})" if summary.errors else ""
+        print(
+            f"aledit: error: {failed} of {summary.selected} edits failed{first}; they are stored with their error "
+            f"(see 'aledit bench report {args.out}'); add --retry-failed to the same command to redo them",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def _run_in(args, bench, method_name, options, shard, device):
+    """Loads the models and runs; inside the run folder's :func:`~aledit.io.output_dir`."""
+    from .methods import MethodSettings, MethodSetupError, build_method
+    from .runner import run_benchmark
 
     metric_models, metrics_config = (None, None) if args.no_metrics else _load_metric_models(args, device)
     settings = MethodSettings(
@@ -347,21 +376,12 @@ def _run_run(args) -> int:
             progress=not args.no_progress,
         )
     except KeyboardInterrupt:
-        print(
-            f"aledit: interrupted; finished results are kept in {args.out}; run the same command again to resume",
-            file=sys.stderr,
-        )
-        return 130
-    print(
-        f"{method.name} shard {shard}: {summary.selected} edits, {summary.skipped} already done, "
-        f"{summary.done} done now, {summary.failed} failed; results in {summary.store}"
-    )
-    if summary.failed:
-        print(
-            f"failed edits are recorded with their error (first: {summary.errors[0][0]}: {summary.errors[0][1]}); "
-            "--retry-failed recomputes them"
-        )
-    return 0
+        from ..commands import Interrupted
+
+        raise Interrupted(
+            f"aledit: interrupted; finished results are kept in {args.out}; run the same command again to resume"
+        ) from None
+    return summary, method
 
 
 # -- report ----------------------------------------------------------------------------------
@@ -393,6 +413,8 @@ def _add_report_parser(sub) -> None:
 
 
 def _run_report(args) -> int:
+    from ..commands import Interrupted
+    from ..io import check_output_dir, output_dir
     from .report import ReportError, write_report
     from .store import StoreError
 
@@ -405,11 +427,17 @@ def _run_report(args) -> int:
     if args.bench is not None:
         bench_root = _load_bench_arg(args.bench).root
     try:
-        files = write_report(args.run_dirs, args.out, gallery=gallery, bench_root=bench_root)
+        check_output_dir(args.out)
+        with output_dir(args.out):
+            files = write_report(args.run_dirs, args.out, gallery=gallery, bench_root=bench_root)
     except (ReportError, StoreError) as exc:
         raise UsageError(str(exc)) from None
     except OSError as exc:
         raise UsageError(f"could not write the report to {args.out}: {exc.strerror or exc}") from None
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"aledit: interrupted; the report in {args.out} may be incomplete; run the same command again"
+        ) from None
     written = [files.markdown, *files.tables, files.rows, files.chart] + ([files.gallery] if files.gallery else [])
     print(f"wrote {', '.join(p.name for p in written)} to {args.out}")
     return 0
@@ -429,4 +457,4 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from ..commands import run_parser
 
-    return run_parser(build_parser(), argv)
+    return run_parser(None, argv, build=build_parser)

@@ -242,6 +242,28 @@ def _tile(text: str, size: tuple[int, int]) -> Image.Image:
     return tile
 
 
+def check_gallery(
+    edit_ids: Sequence[str], rows: Sequence[ResultRow], bench_root: str | os.PathLike | None = None
+) -> dict[str, list[ResultRow]]:
+    """The results of each gallery edit, by edit id; :class:`ReportError` (before anything is
+    written) for an id with no result or whose source image cannot be found."""
+    by_edit: dict[str, list[ResultRow]] = defaultdict(list)
+    for row in rows:
+        by_edit[row.edit_id].append(row)
+    unknown = [e for e in edit_ids if e not in by_edit]
+    if unknown:
+        some = ", ".join(sorted(by_edit)[:5])
+        raise ReportError(f"--gallery: no results for edit {unknown[0]!r} in these runs (ids look like: {some}, ...)")
+    for edit_id in edit_ids:
+        first = by_edit[edit_id][0]
+        root = Path(bench_root) if bench_root is not None else Path(first.bench or ".")
+        if find_image(root / "images", first.image) is None:
+            raise ReportError(
+                f"source image {first.image!r} of edit {edit_id!r} not found in {root / 'images'}; pass --bench BENCH"
+            )
+    return by_edit
+
+
 def gallery_image(
     edit_ids: Sequence[str],
     rows: Sequence[ResultRow],
@@ -258,13 +280,7 @@ def gallery_image(
     from ..masks.ops import load_mask
     from ..visualize import mask_overlay, side_by_side
 
-    by_edit: dict[str, list[ResultRow]] = defaultdict(list)
-    for row in rows:
-        by_edit[row.edit_id].append(row)
-    unknown = [e for e in edit_ids if e not in by_edit]
-    if unknown:
-        some = ", ".join(sorted(by_edit)[:5])
-        raise ReportError(f"no results for edit {unknown[0]!r} in these runs (ids look like: {some}, ...)")
+    by_edit = check_gallery(edit_ids, rows, bench_root)
     order = sorted(labels.values())
     strips = []
     for edit_id in edit_ids:
@@ -317,6 +333,19 @@ def gallery_image(
 # -- the report ------------------------------------------------------------------------------
 
 
+def _missing_metrics_note(rows: Sequence[ResultRow]) -> list[str]:
+    """A paragraph (and blank line) on results stored without metrics, or nothing."""
+    missing = [r for r in rows if r.status == STATUS_OK and r.metrics_config.get("computed") is False]
+    if not missing:
+        return []
+    return [
+        f"**{len(missing)} of {len(rows)} results have no metrics** (their run used `--no-metrics`), so their "
+        "metric cells are empty (NaN). To fill them, run the same `aledit bench run` command again without "
+        "`--no-metrics`: it computes the metrics from the stored images and redoes no edit.",
+        "",
+    ]
+
+
 TABLES = (
     ("Table 1. By method", "table1_by_method.csv", {"method": "Method"}, True),
     ("Table 2. By edit type", "table2_by_edit_type.csv", {"method": "Method", "edit_type": "Editing Type"}, False),
@@ -348,6 +377,7 @@ def write_report(
             f"no results in {', '.join(map(str, run_dirs))} (no results-rank*.sqlite with rows); "
             "run 'aledit bench run' first"
         )
+    check_gallery(gallery, rows, bench_root)  # before anything is written
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     labels = method_labels(rows)
@@ -359,6 +389,7 @@ def write_report(
         "",
         f"Runs: {', '.join(str(Path(d)) for d in run_dirs)}. Results: {ok} edited, {len(frame) - ok} failed.",
         "",
+        *_missing_metrics_note(rows),
         (
             "TE, TI and Edited are CLIP scores (x100); SD is the DINO structure distance; PSNR, LPIPS, MSE and "
             "SSIM are measured outside the edited objects. A cell is the mean over the finite values of the "

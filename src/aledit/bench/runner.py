@@ -124,6 +124,10 @@ class RunSummary:
         store: this rank's SQLite file.
         config_id: id of the method's config (names the image folder).
         errors: ``(edit id, error)`` of the edits that failed now.
+        evaluated: stored edits without metrics (a run with ``--no-metrics``) whose metrics were
+            computed now from their stored images (counted in ``skipped``, not re-edited).
+        failed_before: edits of this shard stored with an error by an earlier run (counted in
+            ``skipped``; ``retry_failed`` redoes them).
     """
 
     selected: int
@@ -133,6 +137,8 @@ class RunSummary:
     store: Path
     config_id: str
     errors: tuple[tuple[str, str], ...] = field(default=())
+    evaluated: int = 0
+    failed_before: int = 0
 
 
 def _error_text(exc: BaseException) -> str:
@@ -188,21 +194,31 @@ def run_benchmark(
         metrics_config = {"computed": False}
 
     edits = select_edits(bench, shard, limit)
-    done_ids = {
-        row.edit_id
+    stored = {
+        row.edit_id: row
         for row in read_results([run_dir], only_done=True)
-        if row.method == method.name and row.config_id == cid and not (retry_failed and row.status == STATUS_ERROR)
+        if row.method == method.name and row.config_id == cid
     }
+    done_ids = {i for i, row in stored.items() if not (retry_failed and row.status == STATUS_ERROR)}
     todo = [e for e in edits if e.id not in done_ids]
     skipped = len(edits) - len(todo)
+    failed_before = sum(1 for e in edits if e.id in done_ids and stored[e.id].status == STATUS_ERROR)
+    # Rows stored without metrics (--no-metrics) get them now, from their stored images.
+    to_evaluate = (
+        [(e, stored[e.id]) for e in edits if e.id in done_ids and _lacks_metrics(stored[e.id])]
+        if metric_models is not None
+        else []
+    )
     path = store_path(run_dir, shard.index)
     logger.info(
-        "%s (config %s), shard %s: %d edits, %d already done, %d to run; results in %s",
+        "%s (config %s), shard %s: %d edits, %d already done (%d of them get their metrics now), %d to run; "
+        "results in %s",
         method.name,
         cid,
         shard,
         len(edits),
         skipped,
+        len(to_evaluate),
         len(todo),
         path,
     )
@@ -219,12 +235,23 @@ def run_benchmark(
         rank=shard.index,
         load_image=functools.lru_cache(maxsize=8)(_load_rgb),  # edits of one image often follow each other
     )
-    done = failed = 0
+    done = failed = evaluated = 0
     errors: list[tuple[str, str]] = []
     with ResultStore(path) as store, logging_redirect_tqdm():
         bar = tqdm(
-            total=len(todo), desc=f"{method.name} {shard}", unit="edit", disable=not progress, dynamic_ncols=True
+            total=len(todo) + len(to_evaluate), desc=f"{method.name} {shard}", unit="edit", disable=not progress,
+            dynamic_ncols=True,
         )
+        for edit, row in to_evaluate:
+            row = _evaluate_stored(context, edit, row)
+            store.add(row)
+            if row.status == STATUS_OK:
+                evaluated += 1
+            else:
+                failed += 1
+                errors.append((edit.id, row.error or ""))
+                logger.warning("metrics of stored edit %s failed (recorded): %s", edit.id, row.error)
+            bar.update(1)
         for edit in todo:
             row = _run_one(context, edit)
             store.add(row)  # after the image is in place: a stored row always has its image
@@ -237,7 +264,30 @@ def run_benchmark(
                 bar.set_postfix(failed=failed)
             bar.update(1)
         bar.close()
-    return RunSummary(len(edits), skipped, done, failed, path, cid, tuple(errors))
+    return RunSummary(len(edits), skipped, done, failed, path, cid, tuple(errors), evaluated, failed_before)
+
+
+def _lacks_metrics(row: ResultRow) -> bool:
+    """An ``ok`` row stored without metrics (``metrics_config`` ``{"computed": false}``)."""
+    return row.status == STATUS_OK and row.metrics_config.get("computed") is False
+
+
+def _evaluate_stored(ctx: _RunContext, edit: BenchEdit, row: ResultRow) -> ResultRow:
+    """``row`` with the metrics of its stored image (``row.output``, absolute); no re-edit."""
+    import dataclasses
+
+    base = dataclasses.replace(row, output=Path(row.output).relative_to(ctx.run_dir.resolve()).as_posix(), rank=ctx.rank)
+    try:
+        source = ctx.load_image(str(ctx.bench.images[edit.image]))
+        edited = _load_rgb(row.output)
+        masks = [load_eval_mask(p) for p in ctx.bench.mask_paths(edit).values()]
+        metrics = evaluate_edit(source, edited, masks, list(edit.sources), list(edit.targets), ctx.metric_models)
+    except Exception as exc:  # recorded like a metrics failure of a fresh edit
+        logger.debug("metrics of %s failed", edit.id, exc_info=True)
+        return dataclasses.replace(
+            base, status=STATUS_ERROR, error="metrics: " + _error_text(exc), created_at=_now()
+        )
+    return dataclasses.replace(base, metrics=metrics, metrics_config=ctx.metrics_config, created_at=_now())
 
 
 @dataclass(frozen=True)

@@ -169,7 +169,12 @@ class AttentionMasks:
         best = min(levels, key=lambda level: (abs(level - goal), level))
         return best, best
 
-    def __call__(self, image: Image.Image, phrases: list[str]) -> dict[str, torch.Tensor]:
+    def record(self, image: Image.Image, phrases: list[str]) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+        """Reconstructs ``image`` and returns the mean self-attention ``[HW, HW]``, the objects'
+        cross-attention maps ``[N, h, w]`` and ``hw``.
+
+        Only the self-attention layers at ``hw`` and the cross-attention layers are recorded,
+        each averaged into a running sum as it runs (peak memory: README, "CLI")."""
         prompt = join_phrases(phrases)
         layout = layout_prompt(self.pipe.tokenizer, prompt, phrases)
         hw = self._self_attention_hw()
@@ -189,9 +194,11 @@ class AttentionMasks:
         self.pipe.reconstruct(
             image, prompt, processors, seed=self.seed, steps=self.steps, size=self.size, progress=self.progress
         )
-        result = masks_from_attention(
-            self_rec.matrix(), cross_rec.maps(), hw, self.n_clusters, self.threshold, self.seed
-        )
+        return self_rec.matrix(), cross_rec.maps(), hw
+
+    def __call__(self, image: Image.Image, phrases: list[str]) -> dict[str, torch.Tensor]:
+        self_attention, cross_attention, hw = self.record(image, phrases)
+        result = masks_from_attention(self_attention, cross_attention, hw, self.n_clusters, self.threshold, self.seed)
         out = {}
         for n, phrase in enumerate(phrases):
             if not bool(result.masks[n].any()):

@@ -20,12 +20,10 @@ written logs a warning and the masks are still returned.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -187,18 +185,14 @@ class CachedMaskProvider:
         info = PngImagePlugin.PngInfo()
         info.add_text(PNG_KEY_CHUNK, key_json)
         image = Image.fromarray(mask.numpy().astype(np.uint8) * 255)  # mode "L"
-        tmp = None
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.stem[:16]}-", suffix=".tmp", dir=path.parent)
-            with os.fdopen(fd, "wb") as f:
-                image.save(f, format="PNG", pnginfo=info)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-            tmp = None
+        from ..io import write_atomic
+
+        def write(f) -> None:
+            image.save(f, format="PNG", pnginfo=info)
+            f.flush()
+            os.fsync(f.fileno())
+
+        try:  # a temporary file renamed into place, with the mode a plain open() gives (0666 - umask)
+            write_atomic(path, ".tmp", write)
         except OSError as exc:
             logger.warning("mask cache: could not write %s (%s); the mask is used but not cached", path, exc)
-        finally:
-            if tmp is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)

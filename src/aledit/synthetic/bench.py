@@ -492,7 +492,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 def _run_bench(args) -> int:
     from ..commands import UsageError, check_model_arg, load_pipeline
-    from ..io import check_writable_dir, save_image_atomic, save_text_atomic
+    from ..io import OutputsInterrupted, check_output_dir, output_dir, save_outputs
     from .model import synthetic_model_path
 
     configs = tuple(c.strip() for c in args.configs.split(",") if c.strip())
@@ -503,29 +503,30 @@ def _run_bench(args) -> int:
             resolve_config(config)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    if args.edits < 1:
-        raise UsageError(f"--edits must be >= 1, got {args.edits}")
-    if args.steps < 1:
-        raise UsageError(f"--steps must be >= 1, got {args.steps}")
     settings = SYNTHETIC_EDIT_SETTINGS.replace(steps=args.steps, eta=args.eta, target_guidance=args.target_guidance)
     model = args.model or str(synthetic_model_path())
     check_model_arg(model)
     try:
-        os.makedirs(args.out, exist_ok=True)
-        check_writable_dir(os.path.join(args.out, "synthetic_bench.md"))
+        check_output_dir(args.out)
     except OSError as exc:
-        raise UsageError(f"cannot write to --out folder {args.out}: {exc.strerror or exc}") from None
-    pipe = load_pipeline(model, args.device)
-    pipe.set_progress_bar_config(disable=True)
-    result = run_synthetic_bench(
-        pipe, args.edits, args.seed, configs, settings, give_masks=args.give_masks,
-        inversion_cache=os.path.join(args.out, "inversions"),
-    )
-    md_path = os.path.join(args.out, "synthetic_bench.md")
-    # Every file is renamed into place, so an interrupted run leaves none half-written.
-    save_text_atomic("".join(json.dumps(record) + "\n" for record in result.records), os.path.join(args.out, "records.jsonl"))
-    save_text_atomic(result.markdown(), md_path)
-    save_image_atomic(result.chart(), os.path.join(args.out, "synthetic_bench.png"))
-    print(result.markdown())
-    print(f"wrote {md_path}, synthetic_bench.png and records.jsonl to {args.out}")
+        raise UsageError(f"cannot write to --out folder {args.out}: {exc}") from None
+    with output_dir(args.out):
+        pipe = load_pipeline(model, args.device)
+        pipe.set_progress_bar_config(disable=True)
+        result = run_synthetic_bench(
+            pipe, args.edits, args.seed, configs, settings, give_masks=args.give_masks,
+            inversion_cache=os.path.join(args.out, "inversions"),
+        )
+        md_path = os.path.join(args.out, "synthetic_bench.md")
+        # Every file is renamed into place, so an interrupted run leaves none half-written.
+        written = save_outputs([
+            ("".join(json.dumps(record) + "\n" for record in result.records), os.path.join(args.out, "records.jsonl")),
+            (result.markdown(), md_path),
+            (result.chart(), os.path.join(args.out, "synthetic_bench.png")),
+        ])
+    try:
+        print(result.markdown())
+        print(f"wrote {md_path}, synthetic_bench.png and records.jsonl to {args.out}")
+    except KeyboardInterrupt:
+        raise OutputsInterrupted(written) from None
     return 0

@@ -177,22 +177,26 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 def _run_demo(args) -> int:
     from ..commands import UsageError
-    from ..io import check_output_file
+    from ..io import check_output_image
 
-    if args.steps < 1:
-        raise UsageError(f"--steps must be >= 1, got {args.steps}")
     try:
-        check_output_file(args.out)
+        check_output_image(args.out)
     except OSError as exc:
         raise UsageError(str(exc)) from None
+    from ..commands import load_pipeline, quiet_loading_bar
+
+    quiet_loading_bar()
     pipe = None
     if args.model is not None:
-        from ..commands import load_pipeline
-
         pipe = load_pipeline(args.model, "cpu")
     result = run_demo(args.out, args.seed, args.edit_type, pipe=pipe, settings=SYNTHETIC_EDIT_SETTINGS.replace(steps=args.steps))
-    print(f"scene: {result.scene.caption} ({result.scene.background} background)")
-    print(f"edit ({result.edit.edit_type.value}): {result.edit_text}")
-    print(format_scores(result.scores))
-    print(f"wrote {args.out}")
+    try:
+        print(f"scene: {result.scene.caption} ({result.scene.background} background)")
+        print(f"edit ({result.edit.edit_type.value}): {result.edit_text}")
+        print(format_scores(result.scores))
+        print(f"wrote {args.out}")
+    except KeyboardInterrupt:
+        from ..io import OutputsInterrupted
+
+        raise OutputsInterrupted([args.out]) from None
     return 0
