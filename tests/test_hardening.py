@@ -334,3 +334,27 @@ def test_hub_client_lines_are_printed_once():
             break
         logger = logger.parent
     assert reached == 1
+
+
+def test_an_error_a_ctrl_c_caused_inside_a_library_is_reported_as_the_interrupt(capsys, monkeypatch):
+    """diffusers' lazy imports turn a KeyboardInterrupt into a RuntimeError; after a SIGINT any
+    error is the interrupt (one line, exit 130); without one, errors stay errors."""
+    import aledit.cli as cli
+
+    def interrupted_import():
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except KeyboardInterrupt:
+            raise RuntimeError("Failed to import diffusers.models: maximum recursion depth exceeded") from None
+
+    monkeypatch.setattr(cli, "build_parser", interrupted_import)
+    assert main(["demo"]) == 130
+    assert capsys.readouterr().err == "aledit: interrupted; nothing written\n"
+
+    def broken():
+        raise RuntimeError("a real bug")
+
+    monkeypatch.setattr(cli, "build_parser", broken)
+    with pytest.raises(RuntimeError, match="a real bug"):
+        main(["demo"])
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored

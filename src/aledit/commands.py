@@ -435,7 +435,23 @@ def interrupted_message(exc: BaseException) -> str:
 def run_parser(parser: argparse.ArgumentParser | None, argv: list[str] | None = None, build=None) -> int:
     """Parses ``argv`` and runs the chosen command; user mistakes become one line and exit 2,
     Ctrl-C one line (what was written) and exit 130. ``build()`` makes the parser when
-    ``parser`` is None (so a Ctrl-C while the libraries import prints no traceback either)."""
+    ``parser`` is None (so a Ctrl-C while the libraries import prints no traceback either).
+
+    A Ctrl-C can land inside a library's import machinery, which may turn the KeyboardInterrupt
+    into another error (diffusers' lazy imports raise RuntimeError); so while the command runs,
+    SIGINT is noted, and any error after one is reported as the interrupt."""
+    import signal
+    import threading
+
+    received: list[int] = []
+
+    def on_sigint(signum, frame):
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGINT, on_sigint)
     try:
         if parser is None:
             parser = build()
@@ -455,3 +471,12 @@ def run_parser(parser: argparse.ArgumentParser | None, argv: list[str] | None = 
         close_progress_bars()
         print(interrupted_message(exc), file=sys.stderr)
         return 130
+    except Exception:
+        if not received:
+            raise
+        close_progress_bars()
+        print("aledit: interrupted; nothing written", file=sys.stderr)
+        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
