@@ -14,7 +14,7 @@ Two stages, both on scenes drawn on the fly by :func:`aledit.synthetic.random_sc
    49,408-token vocabulary (CLIP's BPE tokenizer, BOS/EOS, padded with EOS to 77 tokens, causal
    attention, last hidden state after the final layer norm, as Stable Diffusion uses it) and a
    ``UNet2DConditionModel`` on the 32x32 latents with cross-attention at the 16x16 and 8x8 levels
-   and the 4x4 middle. Epsilon prediction, DDPM with Stable Diffusion's ``scaled_linear`` betas
+   (7 layers; the middle block works at 8x8). Epsilon prediction, DDPM with Stable Diffusion's ``scaled_linear`` betas
    (1,000 steps), uniform timesteps, min-SNR-5 loss weighting, AdamW with warmup and cosine
    decay, gradient clipping, an exponential moving average of the weights (what is saved).
 
@@ -24,6 +24,14 @@ joined with " and "; each object is left out with probability ``object_dropout``
 named with one of the phrase forms ``"{color}-colored {shape} made of {material}"``,
 ``"{color}-colored {shape}"``, ``"{shape} made of {material}"`` or ``"{shape}"``; the whole
 caption is empty with probability ``caption_dropout`` (classifier-free guidance).
+
+Issue 15 options (all off in the default recipe ``v1``, which stays the packaged model's):
+``caption_order="random"`` names the objects in a random order; ``token_grounding_weight`` and
+``pixel_grounding_weight`` add the grounding losses of :mod:`aledit.synthetic.grounding`
+(TokenCompose-style auxiliary signals from the world's exact masks) on every cross-attention
+layer; ``train(..., init=FOLDER)`` continues from a saved model (a second recipe stage) and
+``checkpoint_every`` saves the averaged weights along the way. :data:`RECIPES` names the
+recipes.
 
 Initial weights, scenes, captions, noise and timesteps are drawn from generators seeded by
 ``TrainConfig.seed``; the same config on the same torch build gives the same weights. The
