@@ -66,9 +66,10 @@ def main(argv=None) -> int:
             pipe = ALEEditPipeline.from_pretrained(path)
             pipe.set_progress_bar_config(disable=True)
             result = run_probe(pipe, config)
-            with open(os.path.join(path, "training.json")) if step is None else open(os.devnull) as f:
-                steps = json.load(f)["config"]["steps"] if step is None else step
-            row = {"run": name, "step": steps, "seconds": _seconds(path), **{k: round(result[k], 3) for k in PROBE_KEYS}}
+            if step is None:
+                with open(os.path.join(path, "training.json")) as f:
+                    step = json.load(f)["config"]["steps"]
+            row = {"run": name, "step": step, "seconds": _seconds(path), **{k: round(result[k], 3) for k in PROBE_KEYS}}
             logger.info("%s", row)
             rows.append(row)
     frame = pd.DataFrame(rows)
