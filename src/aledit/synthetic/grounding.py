@@ -18,7 +18,7 @@ each attention cell covered by the object, in ``[0, 1]``):
   phrase gets: alone it lets EOS / padding take nearly all the mass (issue 15's probe: word
   share 1.7%).
 * pixel term (TokenCompose's ``L_pixel``, a binary cross-entropy between the word map and the
-  mask, with the word map itself as the probability rather than a max-normalised map)::
+  mask; here the word map itself is the probability, not a rescaled map)::
 
       L_pixel = mean_k [ BCE inside R_k + BCE outside R_k ] / 2
       BCE inside  = sum_p R_k(p) (-log a_k(p))       / sum_p R_k(p)
