@@ -1,93 +1,58 @@
 #!/usr/bin/env python
-"""Where does a model's cross-attention go on synthetic scenes?
+"""Where does a model's cross-attention go on synthetic scenes, and do its captions re-colour?
 
-For 2-object scenes noised to t = 800, 500 and 200 and their own captions, prints the mean
-cross-attention mass on BOS, on the caption's words and on EOS + padding, and how strongly each
-object's words attend inside that object's mask (and inside the other object's mask) relative
-to a uniform map (1.0 = no localisation). Used in the synthetic benchmark's analysis (README).
+Prints the figures of :mod:`aledit.synthetic.probe` (issue 15): the cross-attention mass on BOS,
+the caption's words and EOS + padding; how strongly an object's words attend inside that
+object's mask (and inside the other object's mask) relative to a uniform map (1.0 = no
+localisation), at t = 800, 500, 200; and the share of an object's pixels re-coloured from pure
+noise by a caption with another colour. With ``--json`` the last line is one JSON object with
+``own_mask_ratio``, ``other_mask_ratio`` (t = 500), ``own_other_ratio``, ``bos_mass``,
+``word_mass``, ``eos_mass``, ``recolour_success``, ``by_timestep``, ``scenes``.
 
-    python scripts/synthetic_attention_probe.py [MODEL_DIR] [--scenes 24]
+    python scripts/synthetic_attention_probe.py [MODEL_DIR] [--scenes 16] [--json]
 """
 
 import argparse
+import json
+import logging
+import sys
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from diffusers.models.attention_processor import AttnProcessor
 
-from aledit import ALEEditPipeline
-from aledit.ore import encode_prompts
-from aledit.synthetic import random_scene
+from aledit.synthetic.probe import PROBE_KEYS, ProbeConfig, run_probe
+
+logger = logging.getLogger("synthetic_attention_probe")
 
 
-class CrossAttentionProbe(AttnProcessor):
-    """The default processor, also keeping each cross-attention's head-mean probabilities."""
-
-    def __init__(self):
-        super().__init__()
-        self.maps: list[torch.Tensor] = []  # each [B, HW, T]
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
-        if encoder_hidden_states is not None:
-            q = attn.head_to_batch_dim(attn.to_q(hidden_states))
-            k = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states))
-            probs = attn.get_attention_scores(q, k, None)
-            self.maps.append(probs.reshape(hidden_states.shape[0], attn.heads, *probs.shape[1:]).mean(1))
-        return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
-
-
-def _area(mask: np.ndarray, hw: int) -> torch.Tensor:
-    return F.interpolate(torch.from_numpy(mask)[None, None].float(), size=(hw, hw), mode="area").flatten()
-
-
-def main() -> None:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", nargs="?", default="synthetic-tiny")
-    parser.add_argument("--scenes", type=int, default=24)
-    args = parser.parse_args()
-    torch.set_num_threads(2)
+    parser.add_argument("model", nargs="?", default="synthetic-tiny", help="model folder or 'synthetic-tiny'")
+    parser.add_argument("--scenes", type=int, default=ProbeConfig.scenes, help="scenes per figure (default 16)")
+    parser.add_argument("--recolour-steps", type=int, default=ProbeConfig.recolour_steps)
+    parser.add_argument("--recolour-guidance", type=float, default=ProbeConfig.recolour_guidance)
+    parser.add_argument("--seed", type=int, default=ProbeConfig.seed)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on the last line")
+    args = parser.parse_args(argv)
+    try:
+        config = ProbeConfig(
+            scenes=args.scenes, recolour_steps=args.recolour_steps, recolour_guidance=args.recolour_guidance, seed=args.seed
+        )
+    except ValueError as e:
+        parser.error(str(e))
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from aledit import ALEEditPipeline  # after the argument checks: loading takes seconds
+
+    torch.set_num_threads(args.threads)
     pipe = ALEEditPipeline.from_pretrained(args.model)
-    probe = CrossAttentionProbe()
-    pipe.unet.set_attn_processor(probe)
-    tok = pipe.tokenizer
-    mass = {"BOS": [], "words": [], "EOS+padding": []}
-    own, other = [], []
-    rng = np.random.default_rng(1)
-    for n in range(args.scenes):
-        scene = random_scene(rng, 2)
-        ids = tok(scene.caption, padding="max_length", max_length=tok.model_max_length).input_ids
-        length = ids.index(tok.eos_token_id)  # BOS + words
-        spans, pos = [], 1
-        for phrase in scene.caption.split(" and "):
-            count = len(tok(phrase).input_ids) - 2
-            spans.append((pos, pos + count))
-            pos += count + 1  # the "and"
-        pixels = torch.from_numpy(scene.image).permute(2, 0, 1)[None].float() / 127.5 - 1
-        with torch.no_grad():
-            latent = pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
-            emb = encode_prompts(pipe.text_encoder, tok, [scene.caption])
-            for t in (800, 500, 200):
-                tt = torch.tensor([t])
-                noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(n))
-                probe.maps.clear()
-                pipe.unet(pipe.scheduler.add_noise(latent, noise, tt), tt, encoder_hidden_states=emb)
-                for p in probe.maps:
-                    p = p[0]  # [HW, T]
-                    mass["BOS"].append(p[:, 0].mean().item())
-                    mass["words"].append(p[:, 1:length].sum(-1).mean().item())
-                    mass["EOS+padding"].append(p[:, length:].sum(-1).mean().item())
-                    hw = int(p.shape[0] ** 0.5)
-                    for i, (a, b) in enumerate(spans):
-                        w = p[:, a:b].sum(-1)
-                        w = w / w.sum()
-                        for j, out in ((i, own), (1 - i, other)):
-                            m = _area(scene.masks[j], hw)
-                            if m.mean() > 0:
-                                out.append(((w * m).sum() / m.mean()).item())
-    print("cross-attention mass:", {k: round(float(np.mean(v)), 3) for k, v in mass.items()})
-    print(f"object words inside own mask / uniform: {np.mean(own):.2f}; inside the other object's mask: {np.mean(other):.2f}")
+    result = run_probe(pipe, config)
+    for t, f in result["by_timestep"].items():
+        logger.info("t=%s: %s", t, {k: round(v, 3) for k, v in f.items()})
+    logger.info("headline (t=%s, %d scenes): %s", result["probed_at"], result["scenes"], {k: round(result[k], 3) for k in PROBE_KEYS})
+    if args.json:
+        print(json.dumps(result))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

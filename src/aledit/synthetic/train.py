@@ -14,7 +14,7 @@ Two stages, both on scenes drawn on the fly by :func:`aledit.synthetic.random_sc
    49,408-token vocabulary (CLIP's BPE tokenizer, BOS/EOS, padded with EOS to 77 tokens, causal
    attention, last hidden state after the final layer norm, as Stable Diffusion uses it) and a
    ``UNet2DConditionModel`` on the 32x32 latents with cross-attention at the 16x16 and 8x8 levels
-   and the 4x4 middle. Epsilon prediction, DDPM with Stable Diffusion's ``scaled_linear`` betas
+   (7 layers; the middle block works at 8x8). Epsilon prediction, DDPM with Stable Diffusion's ``scaled_linear`` betas
    (1,000 steps), uniform timesteps, min-SNR-5 loss weighting, AdamW with warmup and cosine
    decay, gradient clipping, an exponential moving average of the weights (what is saved).
 
@@ -24,6 +24,14 @@ joined with " and "; each object is left out with probability ``object_dropout``
 named with one of the phrase forms ``"{color}-colored {shape} made of {material}"``,
 ``"{color}-colored {shape}"``, ``"{shape} made of {material}"`` or ``"{shape}"``; the whole
 caption is empty with probability ``caption_dropout`` (classifier-free guidance).
+
+Issue 15 options (all off in the default recipe ``v1``, which stays the packaged model's):
+``caption_order="random"`` names the objects in a random order; ``token_grounding_weight`` and
+``pixel_grounding_weight`` add the grounding losses of :mod:`aledit.synthetic.grounding`
+(TokenCompose-style auxiliary signals from the world's exact masks) on every cross-attention
+layer; ``train(..., init=FOLDER)`` continues from a saved model (a second recipe stage) and
+``checkpoint_every`` saves the averaged weights along the way. :data:`RECIPES` names the
+recipes.
 
 Initial weights, scenes, captions, noise and timesteps are drawn from generators seeded by
 ``TrainConfig.seed``; the same config on the same torch build gives the same weights. The
@@ -50,14 +58,19 @@ import torch
 from tqdm.auto import tqdm
 
 from ..prompts import join_phrases
+from .grounding import CrossAttentionRecorder, pixel_grounding_loss, region_masks_at, token_grounding_loss
 from .scenes import SceneObject, random_scene
 
 __all__ = [
+    "CAPTION_ORDERS",
     "PHRASE_FORMS",
+    "RECIPES",
     "TrainConfig",
     "block_average_init",
     "build_components",
     "caption_tokens",
+    "grounding_targets",
+    "load_components",
     "main",
     "prepare_autoencoder",
     "save_pipeline",
@@ -65,9 +78,12 @@ __all__ = [
     "train",
     "train_diffusion",
     "training_caption",
+    "training_caption_phrases",
 ]
 
 logger = logging.getLogger(__name__)
+
+CAPTION_ORDERS: tuple[str, ...] = ("drawing", "random")
 
 # Phrase forms an object may take in a training caption (the first is the scene caption's).
 PHRASE_FORMS: tuple[str, ...] = (
@@ -100,6 +116,13 @@ class TrainConfig:
         caption_dropout: probability of the empty caption (classifier-free guidance).
         object_dropout: probability of leaving one object out of a caption.
         phrase_form_weights: relative frequency of each of :data:`PHRASE_FORMS`.
+        caption_order: ``"drawing"`` (objects named back to front, as scene captions are) or
+            ``"random"`` (a random order per caption).
+        token_grounding_weight, pixel_grounding_weight: weights of the token- and pixel-level
+            grounding losses (:mod:`aledit.synthetic.grounding`) added to the denoising loss,
+            averaged over every cross-attention layer; 0 leaves them out.
+        grounding_max_timestep: grounding losses count only for samples noised to
+            ``t < grounding_max_timestep`` (1000: all).
         threads: ``torch.set_num_threads`` during training.
     """
 
@@ -131,6 +154,10 @@ class TrainConfig:
     caption_dropout: float = 0.1
     object_dropout: float = 0.15
     phrase_form_weights: tuple[float, float, float, float] = (0.4, 0.2, 0.2, 0.2)
+    caption_order: str = "drawing"
+    token_grounding_weight: float = 0.0
+    pixel_grounding_weight: float = 0.0
+    grounding_max_timestep: int = 1000
     threads: int = 2
 
     def __post_init__(self):
@@ -143,12 +170,23 @@ class TrainConfig:
         for name in ("caption_dropout", "object_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.caption_order not in CAPTION_ORDERS:
+            raise ValueError(f"caption_order must be one of {', '.join(CAPTION_ORDERS)}, got {self.caption_order!r}")
+        for name in ("token_grounding_weight", "pixel_grounding_weight"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
+        if not 0 < self.grounding_max_timestep <= 1000:
+            raise ValueError(f"grounding_max_timestep must be in (0, 1000], got {self.grounding_max_timestep}")
         object.__setattr__(self, "vae_channels", tuple(self.vae_channels))
         object.__setattr__(self, "unet_channels", tuple(self.unet_channels))
 
     @property
     def vae_scale_factor(self) -> int:
         return 2 ** (len(self.vae_channels) - 1)
+
+    @property
+    def grounded(self) -> bool:
+        return self.token_grounding_weight > 0 or self.pixel_grounding_weight > 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,29 +270,85 @@ def training_caption(objects: tuple[SceneObject, ...], rng: np.random.Generator,
 
     At least one object is named unless the whole caption is dropped (empty string).
     """
+    return training_caption_phrases(objects, rng, config)[0]
+
+
+def training_caption_phrases(
+    objects: tuple[SceneObject, ...], rng: np.random.Generator, config: TrainConfig
+) -> tuple[str, tuple[tuple[int, str], ...]]:
+    """:func:`training_caption` and, in caption order, ``(object index, phrase)`` of every
+    object it names. With ``caption_order="drawing"`` the draws from ``rng`` are exactly those
+    of the original recipe (the default recipe stays reproducible)."""
     if rng.random() < config.caption_dropout:
-        return ""
+        return "", ()
     keep = rng.random(len(objects)) >= config.object_dropout
     if not keep.any():
         keep[rng.integers(len(objects))] = True
     weights = np.asarray(config.phrase_form_weights, dtype=np.float64)
     forms = rng.choice(len(PHRASE_FORMS), size=len(objects), p=weights / weights.sum())
-    phrases = [
-        PHRASE_FORMS[f].format(color=o.color, shape=o.shape, material=o.material)
-        for o, k, f in zip(objects, keep, forms)
+    named = [
+        (i, PHRASE_FORMS[f].format(color=o.color, shape=o.shape, material=o.material))
+        for i, (o, k, f) in enumerate(zip(objects, keep, forms))
         if k
     ]
-    return join_phrases(phrases)
+    if config.caption_order == "random" and len(named) > 1:
+        named = [named[j] for j in rng.permutation(len(named))]
+    return join_phrases([p for _, p in named]), tuple(named)
 
 
 def scene_batch(rng: np.random.Generator, batch_size: int, config: TrainConfig) -> tuple[torch.Tensor, list]:
     """``batch_size`` random scenes: images ``[B, 3, H, W]`` in ``[-1, 1]`` and their objects."""
+    pixels, scenes = _scene_batch(rng, batch_size, config)
+    return pixels, [s.objects for s in scenes]
+
+
+def _scene_batch(rng: np.random.Generator, batch_size: int, config: TrainConfig) -> tuple[torch.Tensor, list]:
     weights = np.asarray(config.n_objects_weights, dtype=np.float64)
     counts = rng.choice(3, size=batch_size, p=weights / weights.sum()) + 1
     scenes = [random_scene(rng, int(n), config.image_size) for n in counts]
     images = np.stack([s.image for s in scenes]).astype(np.float32)
     pixels = torch.from_numpy(images).permute(0, 3, 1, 2) / 127.5 - 1.0
-    return pixels, [s.objects for s in scenes]
+    return pixels, scenes
+
+
+MAX_OBJECTS = 3
+
+
+def grounding_targets(
+    tokenizer, scenes: list, named: list[tuple[tuple[int, str], ...]], captions: list[str], sides: tuple[int, ...], cache: dict
+) -> tuple[torch.Tensor, dict[int, torch.Tensor], torch.Tensor]:
+    """What the grounding losses compare the attention with, for one batch.
+
+    Args:
+        tokenizer: the CLIP tokenizer.
+        scenes: the batch's scenes (masks ``bool [H, W]`` per object).
+        named: per sample, ``(object index, phrase)`` of the objects its caption names.
+        captions: the captions.
+        sides: the attention layers' sides (e.g. ``(16, 8, 4)``).
+        cache: caption -> token spans, filled as captions are seen.
+
+    Returns:
+        ``token_masks [B, K, T]``, ``{side: region_masks [B, K, side^2]}``, ``valid [B, K]``
+        with ``K = 3`` slots, slot ``k`` the ``k``-th named object.
+    """
+    from ..prompts import layout_prompt
+
+    batch, length = len(scenes), tokenizer.model_max_length
+    token_masks = torch.zeros(batch, MAX_OBJECTS, length)
+    valid = torch.zeros(batch, MAX_OBJECTS, dtype=torch.bool)
+    height, width = scenes[0].image.shape[:2]
+    pixel_masks = np.zeros((batch, MAX_OBJECTS, height, width), dtype=bool)
+    for b, (scene, objects, caption) in enumerate(zip(scenes, named, captions)):
+        if not objects:
+            continue
+        if caption not in cache:
+            cache[caption] = layout_prompt(tokenizer, caption, [p for _, p in objects]).spans
+        for k, ((index, _), (start, stop)) in enumerate(zip(objects, cache[caption])):
+            token_masks[b, k, start:stop] = 1.0
+            pixel_masks[b, k] = scene.masks[index]
+            valid[b, k] = bool(scene.masks[index].any())
+    regions = {side: region_masks_at(pixel_masks, side) for side in sides}
+    return token_masks, regions, valid
 
 
 def caption_tokens(tokenizer, captions: list[str]) -> torch.Tensor:
@@ -391,10 +485,29 @@ class _EMA:
         for p, s in zip(self.params, self.shadow):
             p.copy_(s)
 
+    @torch.no_grad()
+    def swap(self) -> None:
+        """Exchanges the parameters and the average (twice restores them)."""
+        for p, s in zip(self.params, self.shadow):
+            tmp = p.detach().clone()
+            p.copy_(s)
+            s.copy_(tmp)
 
-def train_diffusion(components: dict, config: TrainConfig, rng: np.random.Generator, progress: bool = True) -> dict:
+
+def train_diffusion(
+    components: dict,
+    config: TrainConfig,
+    rng: np.random.Generator,
+    progress: bool = True,
+    checkpoint_every: int = 0,
+    checkpoint_dir: str | os.PathLike | None = None,
+) -> dict:
     """Trains ``text_encoder`` and ``unet`` of ``components`` jointly (frozen ``vae``); the
-    averaged (EMA) weights are copied into the modules at the end. Returns stats."""
+    averaged (EMA) weights are copied into the modules at the end. Returns stats.
+
+    With ``checkpoint_every > 0`` the averaged weights are also saved every that many steps to
+    ``checkpoint_dir/step-N`` (a loadable pipeline each), for curves of a figure against
+    training time."""
     from diffusers import DDPMScheduler
 
     vae, text_encoder, unet, tokenizer = (components[k] for k in ("vae", "text_encoder", "unet", "tokenizer"))
@@ -410,14 +523,25 @@ def train_diffusion(components: dict, config: TrainConfig, rng: np.random.Genera
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     ema = _EMA([text_encoder, unet], config.ema_decay)
     token_cache: dict[str, torch.Tensor] = {}
-    losses = []
+    span_cache: dict[str, tuple] = {}
+    recorder = CrossAttentionRecorder() if config.grounded else None
+    if recorder is not None:
+        from diffusers.models.attention_processor import AttnProcessor2_0
+
+        from ..attention.install import is_cross_attention
+
+        unet.set_attn_processor(
+            {name: recorder if is_cross_attention(name) else AttnProcessor2_0() for name in unet.attn_processors}
+        )
+    losses, grounding_log = [], {"token": [], "pixel": []}
     start = time.perf_counter()
     bar = tqdm(range(config.steps), desc="diffusion", disable=not progress)
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = config.lr * _cosine_lr(step, config.steps, config.warmup_steps, config.min_lr_ratio)
-        pixels, objects = scene_batch(rng, config.batch_size, config)
-        captions = [training_caption(o, rng, config) for o in objects]
+        pixels, scenes = _scene_batch(rng, config.batch_size, config)
+        drawn = [training_caption_phrases(s.objects, rng, config) for s in scenes]
+        captions = [c for c, _ in drawn]
         missing = [c for c in set(captions) if c not in token_cache]
         if missing:
             for caption, ids in zip(missing, caption_tokens(tokenizer, missing)):
@@ -429,28 +553,59 @@ def train_diffusion(components: dict, config: TrainConfig, rng: np.random.Genera
         t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator)
         noisy = noise_scheduler.add_noise(latents, noise, t)
         hidden = text_encoder(ids)[0]
+        if recorder is not None:
+            recorder.maps.clear()
         pred = unet(noisy, t, encoder_hidden_states=hidden).sample
         per_sample = (pred - noise).pow(2).mean(dim=(1, 2, 3))
         if config.min_snr_gamma > 0:
             per_sample = per_sample * (snr[t].clamp(max=config.min_snr_gamma) / snr[t])
-        loss = per_sample.mean()
+        loss = denoising = per_sample.mean()
+        if recorder is not None:
+            sides = tuple(sorted({int(round(m.shape[1] ** 0.5)) for m in recorder.maps}))
+            token_masks, regions, valid = grounding_targets(
+                tokenizer, scenes, [n for _, n in drawn], captions, sides, span_cache
+            )
+            valid = valid & (t < config.grounding_max_timestep)[:, None]
+            token_term = torch.stack(
+                [token_grounding_loss(m, token_masks, regions[int(round(m.shape[1] ** 0.5))], valid) for m in recorder.maps]
+            ).mean()
+            pixel_term = torch.stack(
+                [pixel_grounding_loss(m, token_masks, regions[int(round(m.shape[1] ** 0.5))], valid) for m in recorder.maps]
+            ).mean()
+            recorder.maps.clear()
+            loss = loss + config.token_grounding_weight * token_term + config.pixel_grounding_weight * pixel_term
+            grounding_log["token"].append(token_term.item())
+            grounding_log["pixel"].append(pixel_term.item())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
         opt.step()
         ema.update()
-        losses.append(loss.item())
+        losses.append(denoising.item())
+        if checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < config.steps:
+            _save_checkpoint(components, ema, os.path.join(checkpoint_dir, f"step-{step + 1}"), time.perf_counter() - start)
         if step % 20 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
         if step % 100 == 0 or step == config.steps - 1:
             logger.info(
-                "step %d/%d loss %.4f (%.0f s)", step, config.steps, np.mean(losses[-100:]), time.perf_counter() - start
+                "step %d/%d loss %.4f%s (%.0f s)",
+                step,
+                config.steps,
+                np.mean(losses[-100:]),
+                "".join(f" {k} {np.mean(v[-100:]):.3f}" for k, v in grounding_log.items() if v),
+                time.perf_counter() - start,
             )
+    if recorder is not None:
+        unet.set_attn_processor(AttnProcessor2_0())
     ema.copy_to_params()
     text_encoder.eval()
     unet.eval()
     curve = [float(np.mean(losses[i : i + 100])) for i in range(0, len(losses), 100)]
-    return {"final_loss": float(np.mean(losses[-100:])), "loss_per_100_steps": curve, "captions_seen": len(token_cache)}
+    stats = {"final_loss": float(np.mean(losses[-100:])), "loss_per_100_steps": curve, "captions_seen": len(token_cache)}
+    for k, v in grounding_log.items():
+        if v:
+            stats[f"{k}_grounding_per_100_steps"] = [float(np.mean(v[i : i + 100])) for i in range(0, len(v), 100)]
+    return stats
 
 
 # ---------------------------------------------------------------------------------------------
@@ -478,25 +633,77 @@ def save_pipeline(components: dict, folder: str | os.PathLike, half: tuple[str, 
             os.chmod(os.path.join(root, filename), 0o644)
 
 
+def _save_checkpoint(components: dict, ema: _EMA, folder: str, seconds: float) -> None:
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    unet = components["unet"]
+    processors = unet.attn_processors
+    unet.set_attn_processor(AttnProcessor2_0())
+    ema.swap()
+    try:
+        save_pipeline(components, folder)
+    finally:
+        ema.swap()
+        unet.set_attn_processor(processors)
+    with open(os.path.join(folder, "checkpoint.json"), "w") as f:
+        json.dump({"seconds": round(seconds, 1)}, f)
+    logger.info("checkpoint %s (%.0f s)", folder, seconds)
+
+
+def load_components(folder: str | os.PathLike) -> dict:
+    """The components of a saved pipeline (``vae``, ``text_encoder``, ``unet`` as float32, the
+    tokenizer and scheduler rebuilt as :func:`build_components` makes them), to continue
+    training from (``train(..., init=folder)``)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    folder = os.fspath(folder)
+    if not os.path.isfile(os.path.join(folder, "model_index.json")):
+        raise FileNotFoundError(f"{folder} is not a saved pipeline (no model_index.json); train one first")
+    components = build_components(TrainConfig())
+    components["vae"] = AutoencoderKL.from_pretrained(folder, subfolder="vae").float()
+    components["text_encoder"] = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder").float()
+    components["unet"] = UNet2DConditionModel.from_pretrained(folder, subfolder="unet").float()
+    return components
+
+
 def _parameter_count(module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def train(config: TrainConfig, out: str | os.PathLike, progress: bool = True) -> dict:
+def train(
+    config: TrainConfig,
+    out: str | os.PathLike,
+    progress: bool = True,
+    init: str | os.PathLike | None = None,
+    checkpoint_every: int = 0,
+) -> dict:
     """Runs both stages and saves the pipeline to ``out``; returns the training record that is
-    also written to ``out/training.json``."""
+    also written to ``out/training.json``.
+
+    With ``init`` (a saved pipeline's folder) the autoencoder, text encoder and UNet start from
+    that pipeline (its architecture, not ``config``'s) and only stage 2 runs: a second stage of
+    a recipe. With ``checkpoint_every`` the averaged weights are saved every that many steps
+    to ``out/checkpoints/step-N``."""
     torch.set_num_threads(config.threads)
     rng = np.random.default_rng(config.seed)
-    components = build_components(config)
     start = time.perf_counter()
-    vae_stats = prepare_autoencoder(components["vae"], config, rng)
+    if init is not None:
+        components = load_components(init)
+        vae_stats = {"loaded_from": os.fspath(init)}
+    else:
+        components = build_components(config)
+        vae_stats = prepare_autoencoder(components["vae"], config, rng)
     vae_seconds = time.perf_counter() - start
-    diffusion_stats = train_diffusion(components, config, rng, progress)
+    diffusion_stats = train_diffusion(
+        components, config, rng, progress, checkpoint_every, os.path.join(out, "checkpoints")
+    )
     total_seconds = time.perf_counter() - start
     os.makedirs(out, exist_ok=True)
     save_pipeline(components, out)
     record = {
         "config": dataclasses.asdict(config),
+        "init": None if init is None else os.fspath(init),
         "parameters": {k: _parameter_count(components[k]) for k in ("vae", "text_encoder", "unet")},
         "seconds": {"autoencoder": round(vae_seconds, 1), "total": round(total_seconds, 1)},
         "autoencoder": vae_stats,
@@ -509,36 +716,74 @@ def train(config: TrainConfig, out: str | os.PathLike, progress: bool = True) ->
     return record
 
 
+RECIPES: dict[str, TrainConfig] = {
+    # the packaged model up to issue 15 (43 min on 2 cores)
+    "v1": TrainConfig(),
+    # v1 plus captions in random order and both grounding terms (issue 15)
+    "grounded": TrainConfig(caption_order="random", token_grounding_weight=0.05, pixel_grounding_weight=0.05),
+}
+"""Named training recipes; ``--recipe NAME`` starts from one, and flags override its fields."""
+
+
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(
         prog="train_synthetic", description="Train the synthetic-tiny text-to-image model on the synthetic world."
     )
-    defaults = TrainConfig()
     parser.add_argument("--out", required=True, help="output folder (diffusers layout)")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--steps", type=int, default=defaults.steps, help="diffusion training steps")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--lr", type=float, default=defaults.lr)
-    parser.add_argument("--threads", type=int, default=defaults.threads)
-    parser.add_argument(
-        "--unet-channels", default=",".join(map(str, defaults.unet_channels)), help="UNet block channels, e.g. 32,64,96"
-    )
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default="v1", help="named recipe (default: v1)")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--steps", type=int, help="diffusion training steps")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--warmup-steps", type=int)
+    parser.add_argument("--ema-decay", type=float)
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--unet-channels", help="UNet block channels, e.g. 32,64,96")
+    parser.add_argument("--caption-order", choices=CAPTION_ORDERS)
+    parser.add_argument("--token-grounding", type=float, help="weight of the token-level grounding loss")
+    parser.add_argument("--pixel-grounding", type=float, help="weight of the pixel-level grounding loss")
+    parser.add_argument("--grounding-max-t", type=int, help="grounding losses only for timesteps below this")
+    parser.add_argument("--init", help="continue from this saved pipeline (a second training stage)")
+    parser.add_argument("--checkpoint-every", type=int, default=0, help="save the averaged weights every N steps")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (log lines only)")
     return parser
 
 
+_FLAGS = {
+    "seed": "seed",
+    "steps": "steps",
+    "batch_size": "batch_size",
+    "lr": "lr",
+    "warmup_steps": "warmup_steps",
+    "ema_decay": "ema_decay",
+    "threads": "threads",
+    "caption_order": "caption_order",
+    "token_grounding": "token_grounding_weight",
+    "pixel_grounding": "pixel_grounding_weight",
+    "grounding_max_t": "grounding_max_timestep",
+}
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The recipe named by ``args.recipe`` with the fields given as flags replaced."""
+    changes = {field: getattr(args, flag) for flag, field in _FLAGS.items() if getattr(args, flag) is not None}
+    if args.unet_channels is not None:
+        changes["unet_channels"] = tuple(int(c) for c in args.unet_channels.split(","))
+    return dataclasses.replace(RECIPES[args.recipe], **changes)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python scripts/train_synthetic.py --out DIR [--steps N] ...``; returns an exit code."""
+    """``python scripts/train_synthetic.py --out DIR [--recipe NAME] [--steps N] ...``; returns an exit code."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    config = TrainConfig(
-        seed=args.seed,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        threads=args.threads,
-        unet_channels=tuple(int(c) for c in args.unet_channels.split(",")),
-    )
+    try:
+        config = config_from_args(args)
+    except ValueError as e:
+        build_parser().error(str(e))
+    if args.init is not None and not os.path.isfile(os.path.join(args.init, "model_index.json")):
+        build_parser().error(f"--init {args.init} is not a saved pipeline (no model_index.json)")
+    if args.checkpoint_every < 0:
+        build_parser().error(f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")
     logger.info("training with %s", config)
-    train(config, args.out, progress=not args.no_progress)
+    train(config, args.out, progress=not args.no_progress, init=args.init, checkpoint_every=args.checkpoint_every)
     return 0

@@ -1,0 +1,185 @@
+"""Does a model's cross-attention localise words on synthetic scenes, and can its captions
+re-colour an object? The figures of issue 15 (``scripts/synthetic_attention_probe.py``).
+
+Attention (:func:`attention_figures`): 2-object scenes (:func:`~aledit.synthetic.random_scene`)
+are encoded, noised to each of ``timesteps`` with seeded noise and passed once through the UNet
+with their own caption. For every cross-attention layer (head-mean probabilities ``[HW, T]``):
+
+* ``bos_mass``, ``word_mass``, ``eos_mass``: the mean attention mass per pixel on BOS, on the
+  caption's tokens and on EOS + padding (they sum to 1);
+* ``own_mask_ratio``: an object's phrase's word map (the attention its tokens get, normalised to
+  sum 1 over pixels) summed inside the object's mask (area-pooled to the layer), divided by the
+  mask's share of the image: 1.0 for a uniform map, ``1 / share`` when all attention is inside;
+* ``other_mask_ratio``: the same inside the *other* object's mask.
+
+Each figure is the mean over scenes, objects and layers; per timestep in ``by_timestep``. The
+headline ``own_mask_ratio`` / ``other_mask_ratio`` are those at t = 500 (issue 15's targets);
+the masses are means over all probed timesteps.
+
+Re-colouring (:func:`recolour_success`): 1-object scenes noised to t = 999 (almost pure noise)
+are denoised in ``recolour_steps`` deterministic DDIM steps (evenly spaced from 999 to 0) with
+classifier-free guidance ``recolour_guidance`` and the object's full phrase with another colour;
+the figure is the share of the object's mask pixels whose nearest palette tone
+(:func:`~aledit.synthetic.classify_pixels`) is the new colour (base or shade), averaged over
+scenes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..ore import encode_prompts
+from ..prompts import layout_prompt
+from ..validation import check_number
+from ..attention.install import is_cross_attention
+from .grounding import CrossAttentionRecorder, region_masks_at
+from .metrics import COLOR_NAMES, classify_pixels
+from .scenes import COLORS, FULL_TEMPLATE, random_scene
+
+__all__ = ["PROBE_KEYS", "ProbeConfig", "attention_figures", "recolour_success", "run_probe"]
+
+logger = logging.getLogger(__name__)
+
+PROBE_KEYS: tuple[str, ...] = (
+    "own_mask_ratio",
+    "other_mask_ratio",
+    "own_other_ratio",
+    "bos_mass",
+    "word_mass",
+    "eos_mass",
+    "recolour_success",
+)
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """Settings of the probe.
+
+    Attributes:
+        scenes: scenes per figure (2-object scenes for attention, 1-object for re-colouring).
+        timesteps: noise levels of the attention probe; 500 gives the headline ratios.
+        recolour_steps: DDIM steps of the re-colouring.
+        recolour_guidance: classifier-free guidance of the re-colouring.
+        seed: seeds scenes, colours and noise.
+    """
+
+    scenes: int = 16
+    timesteps: tuple[int, ...] = (800, 500, 200)
+    recolour_steps: int = 20
+    recolour_guidance: float = 4.0
+    seed: int = 1
+
+    def __post_init__(self):
+        check_number("scenes", self.scenes, 1, integer=True)
+        check_number("recolour_steps", self.recolour_steps, 1, 999, integer=True)
+        check_number("recolour_guidance", self.recolour_guidance, 0.0)
+        object.__setattr__(self, "timesteps", tuple(int(t) for t in self.timesteps))
+        if not self.timesteps or not all(0 <= t < 1000 for t in self.timesteps):
+            raise ValueError(f"timesteps must be in [0, 999], got {self.timesteps}")
+
+
+def _latent(pipe, image: np.ndarray) -> torch.Tensor:
+    pixels = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1)[None] / 127.5 - 1
+    return pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
+
+
+@torch.no_grad()
+def attention_figures(pipe, config: ProbeConfig = ProbeConfig()) -> dict[int, dict[str, float]]:
+    """``{t: {"bos_mass", "word_mass", "eos_mass", "own_mask_ratio", "other_mask_ratio"}}``
+    (see the module docstring). Leaves ``pipe.unet``'s attention processors as they were."""
+    unet, tok = pipe.unet, pipe.tokenizer
+    saved = unet.attn_processors
+    recorder = CrossAttentionRecorder()
+    unet.set_attn_processor({name: recorder if is_cross_attention(name) else p for name, p in saved.items()})
+    rng = np.random.default_rng(config.seed)
+    figures = {t: {k: [] for k in ("bos_mass", "word_mass", "eos_mass", "own_mask_ratio", "other_mask_ratio")} for t in config.timesteps}
+    try:
+        for n in range(config.scenes):
+            scene = random_scene(rng, 2)
+            layout = layout_prompt(tok, scene.caption, [o.phrase for o in scene.objects])
+            eos = layout.eos_index
+            latent = _latent(pipe, scene.image)
+            emb = encode_prompts(pipe.text_encoder, tok, [scene.caption])
+            noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(config.seed * 1000 + n))
+            for t in config.timesteps:
+                tt = torch.tensor([t])
+                recorder.maps.clear()
+                unet(pipe.scheduler.add_noise(latent, noise, tt), tt, encoder_hidden_states=emb)
+                f = figures[t]
+                for probs in recorder.maps:
+                    p = probs[0]  # [HW, T]
+                    f["bos_mass"].append(p[:, 0].mean().item())
+                    f["word_mass"].append(p[:, 1:eos].sum(-1).mean().item())
+                    f["eos_mass"].append(p[:, eos:].sum(-1).mean().item())
+                    side = int(round(p.shape[0] ** 0.5))
+                    regions = region_masks_at(scene.masks, side)  # [2, HW]
+                    for i, (a, b) in enumerate(layout.spans):
+                        w = p[:, a:b].sum(-1)
+                        w = w / w.sum()
+                        for j, key in ((i, "own_mask_ratio"), (1 - i, "other_mask_ratio")):
+                            share = regions[j].mean()
+                            if share > 0:
+                                f[key].append(((w * regions[j]).sum() / share).item())
+    finally:
+        recorder.maps.clear()
+        unet.set_attn_processor(saved)
+    return {t: {k: float(np.mean(v)) for k, v in f.items()} for t, f in figures.items()}
+
+
+@torch.no_grad()
+def recolour_success(pipe, config: ProbeConfig = ProbeConfig()) -> float:
+    """Mean share of an object's pixels in the new colour after re-colouring from t = 999
+    (see the module docstring)."""
+    alphas = pipe.scheduler.alphas_cumprod.float()
+    timesteps = torch.linspace(999, 0, config.recolour_steps + 1).round().long()
+    rng = np.random.default_rng(config.seed + 7)
+    uncond = encode_prompts(pipe.text_encoder, pipe.tokenizer, [""])
+    shares = []
+    for n in range(config.scenes):
+        scene = random_scene(rng, 1)
+        obj = scene.objects[0]
+        color = str(rng.choice([c for c in COLORS if c != obj.color]))
+        caption = FULL_TEMPLATE.format(color=color, shape=obj.shape, material=obj.material)
+        cond = encode_prompts(pipe.text_encoder, pipe.tokenizer, [caption])
+        latent = _latent(pipe, scene.image)
+        noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(config.seed * 1000 + 500 + n))
+        x = pipe.scheduler.add_noise(latent, noise, timesteps[:1])
+        for i in range(config.recolour_steps):
+            t = timesteps[i]
+            eps_u, eps_c = pipe.unet(torch.cat([x, x]), torch.stack([t, t]), encoder_hidden_states=torch.cat([uncond, cond])).sample.chunk(2)
+            eps = eps_u + config.recolour_guidance * (eps_c - eps_u)
+            a_t = alphas[t]
+            a_next = alphas[timesteps[i + 1]] if i + 1 < config.recolour_steps else torch.tensor(1.0)
+            x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+            x = a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps
+        image = pipe.vae.decode(x / pipe.vae.config.scaling_factor).sample.clamp(-1, 1)
+        image = ((image[0].permute(1, 2, 0) + 1) * 127.5).round().to(torch.uint8).numpy()
+        classes = classify_pixels(image, scene.background)
+        mask = scene.masks[0]
+        shares.append(float((classes.color[mask] == COLOR_NAMES.index(color)).mean()))
+    return float(np.mean(shares))
+
+
+def run_probe(pipe, config: ProbeConfig = ProbeConfig()) -> dict:
+    """Every figure of the probe as one JSON-ready dict: :data:`PROBE_KEYS` (ratios at t = 500,
+    or at the probed timestep nearest to it; masses averaged over timesteps), ``by_timestep``,
+    ``scenes`` and ``probed_at``."""
+    by_t = attention_figures(pipe, config)
+    headline_t = min(config.timesteps, key=lambda t: abs(t - 500))
+    head = by_t[headline_t]
+    result = {
+        "own_mask_ratio": head["own_mask_ratio"],
+        "other_mask_ratio": head["other_mask_ratio"],
+        "own_other_ratio": head["own_mask_ratio"] / max(head["other_mask_ratio"], 1e-9),
+    }
+    for key in ("bos_mass", "word_mass", "eos_mass"):
+        result[key] = float(np.mean([f[key] for f in by_t.values()]))
+    result["recolour_success"] = recolour_success(pipe, config)
+    result["probed_at"] = headline_t
+    result["scenes"] = config.scenes
+    result["by_timestep"] = {str(t): f for t, f in by_t.items()}
+    return result

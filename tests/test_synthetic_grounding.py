@@ -1,0 +1,248 @@
+"""Issue 15: grounding losses, the grounded training recipe and the attention probe."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers.models.attention_processor import AttnProcessor2_0
+
+from aledit import ALEEditPipeline
+from aledit.synthetic import random_scene
+from aledit.synthetic.grounding import (
+    CrossAttentionRecorder,
+    phrase_inside_share,
+    pixel_grounding_loss,
+    region_masks_at,
+    token_grounding_loss,
+)
+from aledit.synthetic.model import synthetic_model_path
+from aledit.synthetic.probe import PROBE_KEYS, ProbeConfig, run_probe
+from aledit.synthetic.train import (
+    RECIPES,
+    TrainConfig,
+    build_parser,
+    config_from_args,
+    grounding_targets,
+    train,
+    training_caption,
+    training_caption_phrases,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _planted(word_map: list[float], word_token: int = 1, tokens: int = 4) -> torch.Tensor:
+    """``[1, HW, T]`` rows that give ``word_map[p]`` to ``word_token`` and the rest to EOS (last)."""
+    probs = torch.zeros(1, len(word_map), tokens)
+    for p, a in enumerate(word_map):
+        probs[0, p, word_token] = a
+        probs[0, p, -1] = 1 - a
+    return probs
+
+
+TOKENS = torch.tensor([[[0.0, 1.0, 0.0, 0.0]]])  # [1, K=1, T=4]: the phrase is token 1
+REGION = torch.tensor([[[1.0, 1.0, 0.0, 0.0]]])  # [1, K=1, HW=4]: the object covers pixels 0, 1
+VALID = torch.tensor([[True]])
+
+
+def test_token_loss_known_answers():
+    inside = _planted([0.5, 0.5, 0.0, 0.0])
+    uniform = _planted([0.25, 0.25, 0.25, 0.25])
+    outside = _planted([0.0, 0.0, 0.3, 0.1])
+    assert phrase_inside_share(inside, TOKENS, REGION).item() == pytest.approx(1.0)
+    assert token_grounding_loss(inside, TOKENS, REGION, VALID).item() == pytest.approx(0.0)
+    assert token_grounding_loss(uniform, TOKENS, REGION, VALID).item() == pytest.approx(0.25)  # (1 - 1/2)^2
+    assert token_grounding_loss(outside, TOKENS, REGION, VALID).item() == pytest.approx(1.0)
+    # the token term ignores how much attention the phrase gets: 1% inside is as good as 100%
+    faint = _planted([0.01, 0.01, 0.0, 0.0])
+    assert token_grounding_loss(faint, TOKENS, REGION, VALID).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_pixel_loss_known_answers():
+    half = _planted([0.5, 0.5, 0.5, 0.5])
+    assert pixel_grounding_loss(half, TOKENS, REGION, VALID).item() == pytest.approx(math.log(2), rel=1e-5)
+    exact = _planted([1.0, 1.0, 0.0, 0.0])
+    assert pixel_grounding_loss(exact, TOKENS, REGION, VALID).item() == pytest.approx(0.0, abs=1e-5)
+    # unlike the token term, faint words inside the mask are penalised: -log(0.01) / 2
+    faint = _planted([0.01, 0.01, 0.0, 0.0])
+    assert pixel_grounding_loss(faint, TOKENS, REGION, VALID).item() == pytest.approx(-math.log(0.01) / 2, rel=1e-4)
+    # inside a = 0.8, outside a = 0.2: (-log 0.8 - log 0.8) / 2
+    mixed = _planted([0.8, 0.8, 0.2, 0.2])
+    assert pixel_grounding_loss(mixed, TOKENS, REGION, VALID).item() == pytest.approx(-math.log(0.8), rel=1e-5)
+
+
+def test_pixel_loss_gradient_moves_attention_from_eos_to_words_inside():
+    logits = torch.zeros(1, 4, 4, requires_grad=True)
+    loss = pixel_grounding_loss(logits.softmax(-1), TOKENS, REGION, VALID)
+    loss.backward()
+    g = logits.grad[0]
+    assert (g[:2, 1] < 0).all() and (g[:2, 3] > 0).all()  # inside: more word, less EOS
+    assert (g[2:, 1] > 0).all()  # outside: less word
+
+
+def test_losses_skip_invalid_objects_and_average_valid_ones():
+    probs = torch.cat([_planted([0.25] * 4), _planted([0.5, 0.5, 0.0, 0.0])])  # [2, 4, 4]
+    tokens = TOKENS.expand(2, 1, 4)
+    region = REGION.expand(2, 1, 4)
+    both = torch.tensor([[True], [True]])
+    assert token_grounding_loss(probs, tokens, region, both).item() == pytest.approx(0.125)
+    assert token_grounding_loss(probs, tokens, region, torch.tensor([[False], [True]])).item() == pytest.approx(0.0)
+    none = torch.tensor([[False], [False]])
+    assert token_grounding_loss(probs, tokens, region, none).item() == 0.0
+    assert pixel_grounding_loss(probs, tokens, region, none).item() == 0.0
+
+
+def test_region_masks_are_area_pooled():
+    mask = np.zeros((8, 8), dtype=bool)
+    mask[:4, :2] = True
+    pooled = region_masks_at(mask[None], 2)
+    assert pooled.shape == (1, 4)
+    assert pooled[0].tolist() == pytest.approx([0.5, 0.0, 0.0, 0.0])
+    assert region_masks_at(mask, 8).sum().item() == mask.sum()
+
+
+def test_recorder_computes_the_default_attention():
+    pipe = ALEEditPipeline.from_pretrained(synthetic_model_path())
+    unet = pipe.unet
+    x = torch.randn(2, 4, 32, 32, generator=torch.Generator().manual_seed(0))
+    emb = torch.randn(2, 77, 64, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([500, 100])
+    with torch.no_grad():
+        expected = unet(x, t, encoder_hidden_states=emb).sample
+        recorder = CrossAttentionRecorder()
+        unet.set_attn_processor({n: recorder if n.endswith("attn2.processor") else AttnProcessor2_0() for n in unet.attn_processors})
+        got = unet(x, t, encoder_hidden_states=emb).sample
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    assert len(recorder.maps) == 7  # 2 down, 1 mid, 4 up cross-attention layers
+    assert {m.shape[1] for m in recorder.maps} == {256, 64}  # 16x16 and 8x8 (the middle block is at 8x8)
+    for m in recorder.maps:
+        torch.testing.assert_close(m.sum(-1), torch.ones(m.shape[:2]))
+
+
+# ------------------------------------------------------------------------------------------
+# training recipe
+
+
+def test_drawing_order_captions_draw_exactly_as_before():
+    config = TrainConfig()
+    scene = random_scene(np.random.default_rng(0), 3)
+    a, b = np.random.default_rng(5), np.random.default_rng(5)
+    for _ in range(50):
+        caption, named = training_caption_phrases(scene.objects, a, config)
+        assert caption == training_caption(scene.objects, b, config)
+        assert [i for i, _ in named] == sorted(i for i, _ in named)
+    assert a.random() == b.random()  # same number of draws
+
+
+def test_random_order_captions_name_each_object_with_its_phrase():
+    config = TrainConfig(caption_order="random", caption_dropout=0.0, object_dropout=0.0)
+    scene = random_scene(np.random.default_rng(0), 3)
+    rng = np.random.default_rng(1)
+    orders = set()
+    for _ in range(60):
+        caption, named = training_caption_phrases(scene.objects, rng, config)
+        assert caption == " and ".join(p for _, p in named)
+        assert sorted(i for i, _ in named) == [0, 1, 2]
+        for i, phrase in named:
+            assert scene.objects[i].shape in phrase.split()
+        orders.add(tuple(i for i, _ in named))
+    assert len(orders) == 6  # every permutation of 3 objects
+
+
+def test_grounding_targets_mark_each_phrase_and_its_mask():
+    pipe_tok = ALEEditPipeline.from_pretrained(synthetic_model_path()).tokenizer
+    rng = np.random.default_rng(3)
+    scenes = [random_scene(rng, 2), random_scene(rng, 1)]
+    named = [((1, scenes[0].objects[1].shape), (0, scenes[0].objects[0].phrase)), ()]
+    captions = [" and ".join(p for _, p in named[0]), ""]
+    tokens, regions, valid = grounding_targets(pipe_tok, scenes, named, captions, (16, 4), {})
+    assert tokens.shape == (2, 3, 77) and valid.tolist() == [[True, True, False], [False, False, False]]
+    ids = pipe_tok(captions[0], padding="max_length", max_length=77).input_ids
+    for k, (_, phrase) in enumerate(named[0]):
+        words = pipe_tok.decode([ids[t] for t in range(77) if tokens[0, k, t] == 1])
+        assert words.replace(" - ", "-") == phrase
+    assert regions[16].shape == (2, 3, 256)
+    assert regions[16][0, 0].sum().item() * 16 == pytest.approx(scenes[0].masks[1].sum())
+    assert regions[4][0, 1].sum().item() * 256 == pytest.approx(scenes[0].masks[0].sum())
+
+
+def test_grounded_training_smoke_and_reload(tmp_path):
+    config = TrainConfig(
+        steps=2,
+        batch_size=3,
+        unet_channels=(16, 16, 16),
+        text_hidden_size=32,
+        text_intermediate_size=32,
+        caption_order="random",
+        token_grounding_weight=0.05,
+        pixel_grounding_weight=0.05,
+        threads=1,
+    )
+    record = train(config, tmp_path / "m", progress=False)
+    diffusion = record["diffusion"]
+    assert len(diffusion["token_grounding_per_100_steps"]) == 1 and diffusion["pixel_grounding_per_100_steps"][0] > 0
+    pipe = ALEEditPipeline.from_pretrained(tmp_path / "m")
+    assert {type(p).__name__ for p in pipe.unet.attn_processors.values()} == {"AttnProcessor2_0"}
+
+
+def test_recipes_and_flags():
+    assert RECIPES["v1"] == TrainConfig()
+    assert RECIPES["grounded"].pixel_grounding_weight > 0 and RECIPES["grounded"].caption_order == "random"
+    args = build_parser().parse_args(["--out", "x", "--recipe", "grounded", "--steps", "7", "--pixel-grounding", "0.2"])
+    config = config_from_args(args)
+    assert (config.steps, config.pixel_grounding_weight, config.token_grounding_weight) == (7, 0.2, 0.05)
+    assert config_from_args(build_parser().parse_args(["--out", "x"])) == TrainConfig()
+    with pytest.raises(ValueError, match="caption_order"):
+        TrainConfig(caption_order="backwards")
+    with pytest.raises(ValueError, match="pixel_grounding_weight"):
+        TrainConfig(pixel_grounding_weight=-1.0)
+
+
+# ------------------------------------------------------------------------------------------
+# probe
+
+
+def _load_probe_script():
+    spec = importlib.util.spec_from_file_location("synthetic_attention_probe", ROOT / "scripts" / "synthetic_attention_probe.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_probe_json_on_the_packaged_model(capsys):
+    script = _load_probe_script()
+    assert script.main([str(synthetic_model_path()), "--scenes", "1", "--recolour-steps", "2", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in PROBE_KEYS:
+        assert isinstance(result[key], float), key
+    assert result["scenes"] == 1 and result["probed_at"] == 500 and set(result["by_timestep"]) == {"800", "500", "200"}
+    assert result["bos_mass"] + result["word_mass"] + result["eos_mass"] == pytest.approx(1.0, abs=1e-4)
+    for key in ("bos_mass", "word_mass", "eos_mass", "recolour_success"):
+        assert 0.0 <= result[key] <= 1.0, key
+    assert 0.0 < result["own_mask_ratio"] < 20 and 0.0 < result["other_mask_ratio"] < 20
+    assert result["own_other_ratio"] == pytest.approx(result["own_mask_ratio"] / result["other_mask_ratio"])
+
+
+def test_probe_is_deterministic_and_leaves_processors():
+    pipe = ALEEditPipeline.from_pretrained(synthetic_model_path())
+    before = {n: type(p) for n, p in pipe.unet.attn_processors.items()}
+    config = ProbeConfig(scenes=1, timesteps=(500,), recolour_steps=1)
+    a, b = run_probe(pipe, config), run_probe(pipe, config)
+    assert a == b
+    assert {n: type(p) for n, p in pipe.unet.attn_processors.items()} == before
+
+
+def test_probe_rejects_bad_settings():
+    with pytest.raises(ValueError, match="scenes"):
+        ProbeConfig(scenes=0)
+    with pytest.raises(ValueError, match="timesteps"):
+        ProbeConfig(timesteps=(1000,))
+    with pytest.raises(SystemExit):
+        _load_probe_script().main(["--scenes", "0"])
