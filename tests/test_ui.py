@@ -168,7 +168,7 @@ def test_ui_command_errors_are_one_line(monkeypatch, capsys):
     err = capsys.readouterr().err.strip()
     assert err == 'aledit: error: the web app needs Gradio: pip install "aledit[ui]" (or pip install "gradio>=5")'
     assert main(["ui", "--port", "70000"]) == 2
-    assert capsys.readouterr().err.strip() == "aledit: error: --port must be in 1..65535, got 70000"
+    assert capsys.readouterr().err.strip() == "aledit: error: --port must be in [1, 65535], got 70000"
     assert main(["ui", "--model", "./no-such-model-folder", "--port", "7861"]) == 2
     assert capsys.readouterr().err.strip() == "aledit: error: model folder does not exist: ./no-such-model-folder"
 

@@ -66,6 +66,7 @@ NUMBER_RULES: dict[str, tuple[float | None, float | None, bool]] = {
     "box_threshold": (0.0, 1.0, False),
     "text_threshold": (0.0, 1.0, False),
     "attention_threshold": (0.0, 1.0, False),
+    "port": (1, 65535, True),
 }
 
 

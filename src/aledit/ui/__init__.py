@@ -84,10 +84,8 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def _run_ui(args) -> int:
-    from ..commands import UsageError, check_model_arg
+    from ..commands import check_model_arg
 
-    if not 0 < args.port < 65536:
-        raise UsageError(f"--port must be in 1..65535, got {args.port}")
     if args.model is not None:
         check_model_arg(args.model)
     require_gradio()
