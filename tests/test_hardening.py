@@ -74,6 +74,7 @@ BASE = {
     "bench run": ["bench", "run", "ale-bench", "--out", "r", "--no-metrics"],
     "bench synthetic": ["bench", "synthetic", "--out", "s"],
     "demo": ["demo", "--out", "demo.png"],
+    "ui": ["ui"],
 }
 
 

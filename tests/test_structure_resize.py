@@ -53,6 +53,7 @@ def test_bench_run_flag(monkeypatch, tiny_clip, tiny_dino, tmp_path):
     # (modules by name: ``aledit.metrics.clip_score`` is also a function of the package)
     monkeypatch.setattr(importlib.import_module("aledit.metrics.clip_score"), "load_clip", lambda i, d: tiny_clip)
     monkeypatch.setattr(importlib.import_module("aledit.metrics.structure"), "load_dino", lambda i, d: tiny_dino)
+    monkeypatch.setattr("aledit.commands.check_hub_model", lambda *a, **k: None)  # no hub here: models are stubbed
     base = ["bench", "run", "ale-bench", "--out", str(tmp_path), "--no-lpips"]
     parse = lambda *a: build_parser().parse_args([*base, *a])
     models, config = _load_metric_models(parse(), "cpu")
