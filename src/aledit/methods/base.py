@@ -112,6 +112,8 @@ class EditPlan:
             from it).
         self_replace: the self-attention schedule used (reported in the output), if any.
         extras: method-specific results to return (e.g. masks a blend derived).
+        sampler_inputs: what the method hands its own sampler's ``prepare`` beyond the
+            embeddings (DPL: the prompt whose noun tokens it learns); ``None`` for most.
     """
 
     row_embeddings: torch.Tensor
@@ -124,6 +126,7 @@ class EditPlan:
     uncond_embedding: torch.Tensor | None = None
     self_replace: float | None = None
     extras: dict = field(default_factory=dict)
+    sampler_inputs: Any = None
 
 
 @runtime_checkable

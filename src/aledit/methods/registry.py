@@ -79,7 +79,7 @@ class MethodInfo:
 
 _REGISTRY: dict[str, MethodInfo] = {}
 # Modules that register the built-in methods; importing aledit.methods imports them all.
-_BUILTIN = ("ale", "p2p", "masactrl", "fpe", "infedit")
+_BUILTIN = ("ale", "p2p", "masactrl", "fpe", "infedit", "dpl")
 
 
 def register(info: MethodInfo):

@@ -200,8 +200,13 @@ def bench_cases(n_edits: int = 200, seed: int = 0, n_objects: int = 3, size: int
     return cases
 
 
-# Method variants the comparison names on their own (PIE-Bench's "ddim+p2p": P2P without NTI).
-METHOD_VARIANTS: dict[str, tuple[str, dict]] = {"p2p-ddim": ("p2p", {"null_text": False})}
+# Method variants the comparison names on their own (PIE-Bench's "ddim+p2p": P2P without NTI;
+# DPL without NTI, and with no token learning, i.e. P2P with DPL's edit settings).
+METHOD_VARIANTS: dict[str, tuple[str, dict]] = {
+    "p2p-ddim": ("p2p", {"null_text": False}),
+    "dpl-ddim": ("dpl", {"null_text": False}),
+    "dpl-ddim-0": ("dpl", {"null_text": False, "max_iterations": 0}),  # P2P with DPL's edit settings
+}
 
 
 def resolve_config(name: str) -> tuple[str, dict]:
