@@ -8,11 +8,13 @@ Floor, timed in the same process with diffusers' default attention processors: t
 the method really needs (its batch rows per sampling step: 3 for ALE / InfEdit with source
 guidance 1, 4 for the SD methods with CFG on both branches; one row per DDIM inversion step; for
 null-text inversion, one conditional pass per step plus every inner iteration's forward and
-backward pass to the embedding, counted from the run's own ``inversion_stats``), one VAE encode,
-one VAE decode, and one batched text encoding.
+backward pass to the embedding; for DPL also every token iteration's conditional forward (with
+gradient) and backward pass through the UNet and the text encoder to the noun tokens; all
+counted from the run's own ``inversion_stats``), one VAE encode, one VAE decode, and one batched
+text encoding.
 
 Prints each method's wall time divided by its floor (goal <= 1.10) and the peak RSS.
-Usage: ``python benchmarks/edit_speed.py [--method ale,p2p,masactrl,fpe,infedit|all] [--repeats 3]
+Usage: ``python benchmarks/edit_speed.py [--method ale,p2p,masactrl,fpe,infedit,dpl|all] [--repeats 3]
 [--size 256] [--steps 4]``.
 """
 
@@ -62,6 +64,18 @@ def inputs(size: int):
     return image, {"cat": cat, "dog": dog}, ["cat -> tiger", "dog -> leopard"]
 
 
+def _dynamic_prompt(pipe, text: str):
+    """The source prompt with its first and last words as DPL's learnable tokens."""
+    from aledit.ore import encode_prompts
+    from aledit.prompts import layout_prompt
+    from aledit.samplers.dpl_inversion import DynamicPrompt
+
+    words = text.split()
+    layout = layout_prompt(pipe.tokenizer, text, [words[0], words[-1]])
+    embedding = encode_prompts(pipe.text_encoder, pipe.tokenizer, [text])[0]
+    return DynamicPrompt(pipe.text_encoder, torch.tensor([layout.input_ids]), layout.spans, embedding)
+
+
 @torch.no_grad()
 def floor_run(pipe, image, size: int, steps: int, rows: int, inversion: dict, texts: list[str]) -> float:
     """The unavoidable work of one edit, timed: ``texts`` encoded in one batch, VAE encode,
@@ -80,11 +94,18 @@ def floor_run(pipe, image, size: int, steps: int, rows: int, inversion: dict, te
     forward, backward = inversion.get("forward", 0), inversion.get("backward", 0)
     for k in range(forward - backward):  # passes without gradient (DDIM inversion, NTI's conditional pass)
         pipe.unet(latent, 999 - k % 1000, encoder_hidden_states=embeds[:1])
-    for k in range(backward):  # NTI's inner iterations: forward with gradient to the embedding, backward
+    for k in range(backward):  # NTI's / DPL's iterations: forward with gradient to the embedding, backward
         with torch.enable_grad():
             null = embeds[:1].clone().requires_grad_(True)
             out = pipe.unet(latent, 999 - k % 1000, encoder_hidden_states=null).sample
             torch.autograd.grad(out.square().mean(), [null])
+    text_backward = inversion.get("text_backward", 0)
+    if text_backward:  # DPL: the text encoder forward with gradient to the noun tokens, backward
+        prompt = _dynamic_prompt(pipe, texts[1])
+        for _ in range(text_backward):
+            with torch.enable_grad():
+                tokens = prompt.initial_tokens().requires_grad_(True)
+                torch.autograd.grad(prompt.encode(tokens).square().mean(), [tokens])
     pipe.vae.decode(latent / pipe.vae.config.scaling_factor)
     return time.perf_counter() - start
 
@@ -136,11 +157,13 @@ def main() -> None:
 
     pipe = EditPipeline(**sd15_components())
     print(f"threads {torch.get_num_threads()}; edit {args.size}x{args.size}, {args.steps} steps, 2 objects")
-    print("| method | rows/step | inversion fwd / bwd | floor s | method s | method / floor |")
+    print("| method | rows/step | inversion fwd / bwd (text bwd) | floor s | method s | method / floor |")
     print("|---|---|---|---|---|---|")
     for method in methods:
         run, floor, info = measure(pipe, method, args.size, args.steps, args.repeats)
         inv = f"{info.get('forward', 0)} / {info.get('backward', 0)}"
+        if info.get("text_backward"):
+            inv += f" ({info['text_backward']})"
         print(f"| {method} | {info['rows']} | {inv} | {floor:.2f} | {run:.2f} | {run / floor:.3f} |", flush=True)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"goal: method / floor <= 1.10; peak RSS {peak_mib:.0f} MiB")

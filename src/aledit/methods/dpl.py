@@ -61,6 +61,8 @@ class DPLConfig:
         n_clusters, cluster_threshold: self-attention clusters and agreement threshold of the
             background map (5, 0.2; section 3.3).
         extra_nouns: further words of ``source_prompt`` whose tokens are learned too.
+        gradient_checkpointing: recompute the UNet's activations in the token learning's
+            backward pass (memory for SD at 512 on a GPU).
     """
 
     mode: str = "auto"
@@ -95,6 +97,7 @@ class DPLConfig:
     n_clusters: int = 5
     cluster_threshold: float = 0.2
     extra_nouns: tuple[str, ...] = ()
+    gradient_checkpointing: bool = False
 
     def __post_init__(self):
         check_choice("mode", self.mode, MODES)
@@ -140,6 +143,7 @@ class DPLConfig:
             self_attention_level=max(0, self.attention_level - 1),
             n_clusters=self.n_clusters,
             cluster_threshold=self.cluster_threshold,
+            gradient_checkpointing=self.gradient_checkpointing,
         )
 
     def null_text_config(self):

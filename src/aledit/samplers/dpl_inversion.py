@@ -27,6 +27,7 @@ conditional row (P2P then runs unchanged).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -80,6 +81,8 @@ class DPLSettings:
         self_attention_level: level of the self-attention clustered for the background (1: 32x32).
         n_clusters, cluster_threshold: V and TH of section 3.3 (5, 0.2).
         seed: seed of the k-means.
+        gradient_checkpointing: recompute the UNet's activations in the backward pass of the
+            token learning (less memory for SD at 512 on a GPU, ~30% more time).
     """
 
     max_iterations: int = 21
@@ -96,6 +99,7 @@ class DPLSettings:
     n_clusters: int = 5
     cluster_threshold: float = 0.2
     seed: int = 0
+    gradient_checkpointing: bool = False
 
     def __post_init__(self):
         check_number("max_iterations", self.max_iterations, 0, integer=True)
@@ -118,6 +122,7 @@ class DPLSettings:
         check_number("n_clusters", self.n_clusters, 1, integer=True)
         check_number("cluster_threshold", self.cluster_threshold, 0.0, 1.0)
         check_number("seed", self.seed, 0, integer=True)
+        check_flag("gradient_checkpointing", self.gradient_checkpointing)
 
     def thresholds(self, step: int) -> tuple[float, float, float]:
         """``(TH_at, TH_dj, TH_bg)`` at denoising step ``step`` (Eq. 10)."""
@@ -190,6 +195,19 @@ def attention_levels(unet, latent_hw: tuple[int, int]) -> list[tuple[int, tuple[
 def pick_level(levels: list[tuple[int, tuple[int, int]]], wanted: int) -> tuple[int, int]:
     """``(h, w)`` of the level nearest ``wanted`` (the coarser one on a tie)."""
     return min(levels, key=lambda item: (abs(item[0] - wanted), -item[0]))[1]
+
+
+@contextlib.contextmanager
+def _checkpointing(unet, enabled: bool):
+    """Gradient checkpointing of ``unet`` inside the block (restored after it)."""
+    if not enabled or unet.is_gradient_checkpointing:
+        yield
+        return
+    unet.enable_gradient_checkpointing()
+    try:
+        yield
+    finally:
+        unet.disable_gradient_checkpointing()
 
 
 class _AtLevel:
@@ -291,10 +309,6 @@ class DPLInversion:
         if nti is not None:
             nti.check_steps(n)
         x = inversion.latents[-1]
-        latent_hw = tuple(x.shape[-2:])
-        cross_hw, _ = self.levels(unet_call.unet, latent_hw)
-        state = EditState(layout=BatchLayout.source_only(), num_steps=n, latent_hw=latent_hw)
-        capture = AttentionCapture(cross_hw)
         bg = background.to(x.device).float() if background is not None and s.weights[2] > 0 else None
         own = prompt.embedding[None].to(x.device, x.dtype)
         initial = prompt.initial_tokens()
@@ -303,14 +317,10 @@ class DPLInversion:
         sources, nulls, trace = [], [], DPLTrace()
         passes = {"forward": 0, "backward": 0, "text_backward": 0, "token_iterations": 0}
 
-        def choose(name, current):
-            return GraphRecordingAttnProcessor(state, capture) if is_cross_attention(name) else current
-
         bar = tqdm(range(n), desc="DPL", disable=not progress, leave=False)
         for i in bar:
             t = inversion.timesteps[i]
-            thresholds = s.thresholds(i)
-            tokens, losses, updates = self._learn_step(unet_call, prompt, x, t, tokens, thresholds, bg, capture, choose, cross_hw)
+            tokens, losses, updates = self.learn_step(unet_call, prompt, x, t, i, tokens, bg)
             passes["forward"] += len(losses)
             passes["backward"] += updates
             passes["text_backward"] += updates
@@ -319,7 +329,7 @@ class DPLInversion:
             trace.losses.append(last)
             trace.iterations.append(updates)
             cond = own if torch.equal(tokens, initial) else prompt.encode(tokens).to(x.dtype)
-            sources.append(cond.detach())
+            sources.append(cond.detach().clone())  # its own storage (the cache saves each)
             if nti is not None:
                 null, x, used = nti.step(inversion, i, x, unet_call, cond, null)
                 nulls.append(null.to(uncond_embedding.dtype))
@@ -337,17 +347,42 @@ class DPLInversion:
         )
         return result, trace
 
-    def _learn_step(self, unet_call, prompt, x, t, tokens, thresholds, background, capture, choose, hw):
-        """At most ``max_iterations`` loss evaluations on ``x`` at ``t``; an AdamW step after
-        each one that is not below the thresholds. Returns ``(tokens, [(L_at, L_dj, L_bg)],
-        updates)``."""
+    def learn_step(
+        self,
+        unet_call,
+        prompt: DynamicPrompt,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        step: int,
+        tokens: torch.Tensor,
+        background: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, list[tuple[float, float, float]], int]:
+        """The token learning of denoising step ``step`` on ``x [1, C, h, w]`` at ``t``.
+
+        At most ``max_iterations`` evaluations of the losses (one text-encoder and one
+        conditional UNet pass each, the maps captured with their graph); after each that is not
+        below the step's thresholds, one AdamW step on ``tokens [P, D_tok]``.
+
+        Returns:
+            ``(tokens, losses, updates)``: the learned tokens (detached), ``(L_at, L_dj, L_bg)``
+            of every evaluation, and the number of AdamW steps.
+        """
         s = self.settings
         losses, updates = [], 0
         if s.max_iterations == 0:
             return tokens, losses, updates
+        latent_hw = tuple(x.shape[-2:])
+        hw, _ = self.levels(unet_call.unet, latent_hw)
+        state = EditState(layout=BatchLayout.source_only(), num_steps=1, latent_hw=latent_hw)
+        capture = AttentionCapture(hw)
+        thresholds = s.thresholds(step)
+
+        def choose(name, current):
+            return GraphRecordingAttnProcessor(state, capture) if is_cross_attention(name) else current
+
         tokens = tokens.detach().clone().requires_grad_(True)
         optimizer = torch.optim.AdamW([tokens], lr=s.lr, weight_decay=s.weight_decay)
-        with torch.enable_grad(), unet_call.processors(choose):
+        with torch.enable_grad(), unet_call.processors(choose), _checkpointing(unet_call.unet, s.gradient_checkpointing):
             for _ in range(s.max_iterations):
                 capture.clear()
                 cond = prompt.encode(tokens).to(x.dtype)
