@@ -216,6 +216,8 @@ def test_dpl_edit_learns_and_caches(pipe, tmp_path):
     first = pipe.edit(image(), ["cat -> tiger", "dog -> wolf"], method="dpl", **kwargs)
     stats = first.extras["inversion_stats"]
     assert stats["token_iterations"] == 2 and stats["text_backward"] == 2 and stats["backward"] == 4
+    assert first.extras["dpl_iterations"] == [1, 1] and len(first.extras["dpl_losses"]) == 2
+    assert first.extras["dpl_background"].shape == (4, 4)  # the 4x4 level of a 32x32 image
     (path,) = tmp_path.iterdir()
     with safe_open(path, framework="pt") as f:
         names = set(f.keys())

@@ -407,7 +407,9 @@ class DPLEditSampler(DDIMEditSampler):
 
     The result is kept in an optional :class:`InversionCache` under the DDIM key plus the DPL
     settings and the prompt's noun tokens, so editing the same image with another target
-    costs only the sampling.
+    costs only the sampling. A fresh preparation also returns, in the edit's ``extras``,
+    ``dpl_losses`` (``(L_at, L_dj, L_bg)`` of each step's last iteration), ``dpl_iterations``
+    (AdamW steps per step) and ``dpl_background`` (``[h', w']`` bool, when L_bg is on).
     """
 
     def __init__(
@@ -455,6 +457,11 @@ class DPLEditSampler(DDIMEditSampler):
         inversion, background = self.dpl.invert(self.scheduler, self.config.num_steps, x0, unet_eps, prompt, progress)
         uncond = plan.uncond_embedding[None].to(x0.device, x0.dtype)
         inversion, self.trace = self.dpl.optimize(inversion, unet_eps, prompt, uncond, background, progress=progress)
+        # returned with the edit (EditOutput.extras), as P2P's blend returns its mask
+        plan.extras["dpl_losses"] = list(self.trace.losses)
+        plan.extras["dpl_iterations"] = list(self.trace.iterations)
+        if background is not None:
+            plan.extras["dpl_background"] = background.cpu()
         if key is not None:
             cache.save(key, inversion)
         return inversion
