@@ -8,14 +8,16 @@ Floor, timed in the same process with diffusers' default attention processors: t
 the method really needs (its batch rows per sampling step: 3 for ALE / InfEdit with source
 guidance 1, 4 for the SD methods with CFG on both branches; one row per DDIM inversion step; for
 null-text inversion, one conditional pass per step plus every inner iteration's forward and
-backward pass to the embedding, counted from the run's own ``inversion_stats``; for latent
-guidance (BindEdit), one forward of the step's whole batch with gradients to the latent plus
-one backward pass from the UNet's output per guided iteration, counted from the run's
-``guidance_stats``), one VAE encode, one VAE decode, and one batched text encoding. BindEdit's
-own backward starts at its coarse attention layers, not at the output, so its floor is generous.
+backward pass to the embedding; for DPL also every token iteration's conditional forward (with
+gradient) and backward pass through the UNet and the text encoder to the noun tokens; all
+counted from the run's own ``inversion_stats``; for latent guidance (BindEdit), one forward of
+the step's whole batch with gradients to the latent plus one backward pass from the UNet's output
+per guided iteration, counted from the run's ``guidance_stats``), one VAE encode, one VAE decode,
+and one batched text encoding. BindEdit's and DPL's own backward passes start at their coarse
+attention layers, not at the output, so their floors are generous.
 
 Prints each method's wall time divided by its floor (goal <= 1.10) and the peak RSS.
-Usage: ``python benchmarks/edit_speed.py [--method ale,p2p,masactrl,fpe,infedit,bindedit|all] [--repeats 3]
+Usage: ``python benchmarks/edit_speed.py [--method ale,p2p,masactrl,fpe,infedit,dpl,cpam,bindedit|all] [--repeats 3]
 [--size 256] [--steps 4]``.
 """
 
@@ -65,6 +67,18 @@ def inputs(size: int):
     return image, {"cat": cat, "dog": dog}, ["cat -> tiger", "dog -> leopard"]
 
 
+def _dynamic_prompt(pipe, text: str):
+    """The source prompt with its first and last words as DPL's learnable tokens."""
+    from aledit.ore import encode_prompts
+    from aledit.prompts import layout_prompt
+    from aledit.samplers.dpl_inversion import DynamicPrompt
+
+    words = text.split()
+    layout = layout_prompt(pipe.tokenizer, text, [words[0], words[-1]])
+    embedding = encode_prompts(pipe.text_encoder, pipe.tokenizer, [text])[0]
+    return DynamicPrompt(pipe.text_encoder, torch.tensor([layout.input_ids]), layout.spans, embedding)
+
+
 @torch.no_grad()
 def floor_run(pipe, image, size: int, steps: int, rows: int, inversion: dict, texts: list[str], guided: int = 0) -> float:
     """The unavoidable work of one edit, timed: ``texts`` encoded in one batch, VAE encode,
@@ -84,7 +98,7 @@ def floor_run(pipe, image, size: int, steps: int, rows: int, inversion: dict, te
     forward, backward = inversion.get("forward", 0), inversion.get("backward", 0)
     for k in range(forward - backward):  # passes without gradient (DDIM inversion, NTI's conditional pass)
         pipe.unet(latent, 999 - k % 1000, encoder_hidden_states=embeds[:1])
-    for k in range(backward):  # NTI's inner iterations: forward with gradient to the embedding, backward
+    for k in range(backward):  # NTI's / DPL's iterations: forward with gradient to the embedding, backward
         with torch.enable_grad():
             null = embeds[:1].clone().requires_grad_(True)
             out = pipe.unet(latent, 999 - k % 1000, encoder_hidden_states=null).sample
@@ -94,6 +108,13 @@ def floor_run(pipe, image, size: int, steps: int, rows: int, inversion: dict, te
             x = batch.clone().requires_grad_(True)
             out = pipe.unet(x, 999 - 250 * k, encoder_hidden_states=embeds).sample
             torch.autograd.grad(out.square().mean(), [x])
+    text_backward = inversion.get("text_backward", 0)
+    if text_backward:  # DPL: the text encoder forward with gradient to the noun tokens, backward
+        prompt = _dynamic_prompt(pipe, texts[1])
+        for _ in range(text_backward):
+            with torch.enable_grad():
+                tokens = prompt.initial_tokens().requires_grad_(True)
+                torch.autograd.grad(prompt.encode(tokens).square().mean(), [tokens])
     pipe.vae.decode(latent / pipe.vae.config.scaling_factor)
     return time.perf_counter() - start
 
@@ -146,11 +167,13 @@ def main() -> None:
 
     pipe = EditPipeline(**sd15_components())
     print(f"threads {torch.get_num_threads()}; edit {args.size}x{args.size}, {args.steps} steps, 2 objects")
-    print("| method | rows/step | inversion fwd / bwd | guidance fwd+bwd | floor s | method s | method / floor |")
+    print("| method | rows/step | inversion fwd / bwd (text bwd) | guidance fwd+bwd | floor s | method s | method / floor |")
     print("|---|---|---|---|---|---|---|")
     for method in methods:
         run, floor, info = measure(pipe, method, args.size, args.steps, args.repeats)
         inv = f"{info.get('forward', 0)} / {info.get('backward', 0)}"
+        if info.get("text_backward"):
+            inv += f" ({info['text_backward']})"
         print(
             f"| {method} | {info['rows']} | {inv} | {info['guided']} | {floor:.2f} | {run:.2f} | {run / floor:.3f} |",
             flush=True,

@@ -27,7 +27,7 @@ from .masks.provider import MaskProvider
 from .methods.ale import ALEConfig
 from .methods.base import MASKS_REQUIRED, MASKS_UNUSED, EditPlan, Guidance, MethodContext, guidance_scale_embedding
 from .methods.registry import MethodError, make_method, method_info
-from .samplers.base import BranchLatents
+from .samplers.base import BranchLatents, UNetCall
 from .samplers.virtual_inversion import VirtualInversionConfig, VirtualInversionSampler
 
 __all__ = ["EditPipeline", "ALEEditPipeline", "ALEConfig", "EditOutput", "DEFAULT_MODEL"]
@@ -248,10 +248,17 @@ class EditPipeline(DiffusionPipeline):
             raise ValueError(
                 f"method {method.name!r} plans latent guides but its sampler {type(sampler).__name__} does not run them"
             )
-        prepared = sampler.prepare(x0, self._unet_eps, plan, progress=progress, cache=inversion_cache)
+        unet_call = UNetCall(self.unet, self._unet_eps)
+        prepared = sampler.prepare(x0, unet_call, plan, progress=progress, cache=inversion_cache)
 
         # 6. sample with the method's processors installed
-        predict = self._noise_predictor(plan, state, guidance, getattr(prepared, "null_embeddings", None))
+        predict = self._noise_predictor(
+            plan,
+            state,
+            guidance,
+            getattr(prepared, "null_embeddings", None),
+            getattr(prepared, "source_embeddings", None),
+        )
         hooks = plan.hooks
         if callback_on_step_end is not None:
             hooks = (*hooks, _Observer(callback_on_step_end))
@@ -342,15 +349,19 @@ class EditPipeline(DiffusionPipeline):
         embeddings = embeddings.to(self._execution_device, self.unet.dtype)
         return self.unet(x, t, encoder_hidden_states=embeddings).sample
 
-    def _noise_predictor(self, plan: EditPlan, state: EditState, guidance: Guidance, null_embeddings=None):
+    def _noise_predictor(
+        self, plan: EditPlan, state: EditState, guidance: Guidance, null_embeddings=None, source_embeddings=None
+    ):
         """The UNet call of one step: both branches in one batch, then guidance per branch.
 
         ``null_embeddings`` (null-text inversion) replace the unconditional rows' embedding at
-        each step, when the sampler passes the step index.
+        each step, ``source_embeddings`` (DPL's learned tokens) the source's conditional row,
+        when the sampler passes the step index.
         """
         layout = state.layout
         embeds = plan.row_embeddings.to(self._execution_device, self.unet.dtype)
         uncond_rows = [i for i, row in enumerate(layout.rows) if not row.conditional]
+        source_row = layout.index(SOURCE, True)
         scales = {SOURCE: guidance.source, TARGET: guidance.target}
         timestep_cond = None
         if guidance.embedded:
@@ -363,6 +374,9 @@ class EditPipeline(DiffusionPipeline):
             if null_embeddings is not None and step is not None and uncond_rows:
                 rows = embeds.clone()
                 rows[uncond_rows] = null_embeddings[step].to(rows.device, rows.dtype).reshape(rows.shape[1:])
+            if source_embeddings is not None and step is not None:
+                rows = rows.clone() if rows is embeds else rows
+                rows[source_row] = source_embeddings[step].to(rows.device, rows.dtype).reshape(rows.shape[1:])
             batch = torch.cat([x_s if row.branch == SOURCE else x_t for row in layout.rows])
             noise = self.unet(batch, t, encoder_hidden_states=rows, timestep_cond=timestep_cond).sample
             guided = {}

@@ -130,6 +130,8 @@ class EditPlan:
         source_latent: how the pipeline encodes the source image: ``"mode"`` of the VAE
             posterior, or a ``"sample"`` drawn with the call's generator before the sampler
             draws its noise (the ALE authors' code; the same seed then gives other noise).
+        sampler_inputs: what the method hands its own sampler's ``prepare`` beyond the
+            embeddings (DPL: the prompt whose noun tokens it learns); ``None`` for most.
     """
 
     row_embeddings: torch.Tensor
@@ -144,6 +146,7 @@ class EditPlan:
     self_replace: float | None = None
     extras: dict = field(default_factory=dict)
     source_latent: str = "mode"
+    sampler_inputs: Any = None
 
     def __post_init__(self):
         if self.source_latent not in SOURCE_LATENTS:

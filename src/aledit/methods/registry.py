@@ -79,7 +79,7 @@ class MethodInfo:
 
 _REGISTRY: dict[str, MethodInfo] = {}
 # Modules that register the built-in methods; importing aledit.methods imports them all.
-_BUILTIN = ("ale", "p2p", "masactrl", "fpe", "infedit", "cpam", "bindedit")
+_BUILTIN = ("ale", "p2p", "masactrl", "fpe", "infedit", "dpl", "cpam", "bindedit")
 
 
 def register(info: MethodInfo):

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import torch
 
-__all__ = ["BranchLatents", "LatentGuide", "LatentHook", "NoisePredictor", "Sampler"]
+__all__ = ["BranchLatents", "LatentGuide", "LatentHook", "NoisePredictor", "Sampler", "UNetCall"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,35 @@ class LatentGuide(Protocol):
     uses. Guides may run the predictor with gradients enabled (the sampler itself runs without)."""
 
     def __call__(self, step: int, timestep: torch.Tensor, latents: BranchLatents, predict_noise) -> BranchLatents: ...
+
+
+class UNetCall:
+    """The plain UNet as a sampler's ``prepare`` sees it.
+
+    ``call(x [B, C, h, w], t, embeddings [B, T, D]) -> eps [B, C, h, w]`` runs the UNet
+    (gradients flow when the caller enables them); ``call.processors(choose)`` is a context
+    that installs ``choose(layer name, current processor)`` on every attention layer and
+    restores the previous ones (a sampler that needs to watch attention while it prepares, e.g.
+    DPL's maps with their graph); ``call.unet`` is the module (its config, its levels).
+
+    Args:
+        unet: a diffusers ``UNet2DConditionModel``.
+        eps: the noise prediction; default ``unet(x, t, encoder_hidden_states=e).sample``.
+    """
+
+    def __init__(self, unet, eps: Callable | None = None):
+        self.unet = unet
+        self._eps = eps
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        if self._eps is not None:
+            return self._eps(x, t, embeddings)
+        return self.unet(x, t, encoder_hidden_states=embeddings.to(x.device, self.unet.dtype)).sample
+
+    def processors(self, choose):
+        from ..attention.install import attention_processors
+
+        return attention_processors(self.unet, choose)
 
 
 # (source latent, target latent, timestep) -> (guided source noise, guided target noise)

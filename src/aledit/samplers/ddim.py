@@ -152,6 +152,8 @@ class Inversion:
         stats: UNet passes spent: ``{"forward": n, "backward": m}`` (``forward`` counts every
             batch-1 UNet call, with or without gradient; ``backward`` the passes back to the
             null embedding). Empty for an inversion loaded from a cache.
+        source_embeddings: ``N`` conditional embeddings ``[1, T, D]`` of the source row, one
+            per denoising step (DPL's learned tokens), or ``None`` (the plan's row embedding).
     """
 
     latents: tuple[torch.Tensor, ...]
@@ -159,6 +161,7 @@ class Inversion:
     alphas: torch.Tensor
     null_embeddings: tuple[torch.Tensor, ...] | None = None
     stats: dict = field(default_factory=dict)
+    source_embeddings: tuple[torch.Tensor, ...] | None = None
 
     def __post_init__(self):
         n = len(self.timesteps)
@@ -169,6 +172,10 @@ class Inversion:
             )
         if self.null_embeddings is not None and len(self.null_embeddings) != n:
             raise ValueError(f"an inversion of {n} steps needs {n} null embeddings, got {len(self.null_embeddings)}")
+        if self.source_embeddings is not None and len(self.source_embeddings) != n:
+            raise ValueError(
+                f"an inversion of {n} steps needs {n} source embeddings, got {len(self.source_embeddings)}"
+            )
 
     @property
     def num_steps(self) -> int:
@@ -291,6 +298,57 @@ class NullTextInversion:
         """Adam's learning rate at denoising step ``i``: ``lr (1 - i / lr_decay_steps)``."""
         return self.config.lr * (1 - i / self.config.lr_decay_steps)
 
+    def check_steps(self, n: int) -> None:
+        """Raises ``ValueError`` when an inversion of ``n`` steps would reach a learning rate of 0."""
+        if n > self.config.lr_decay_steps:
+            raise ValueError(
+                f"null-text inversion of {n} steps: the learning rate lr (1 - i / {self.config.lr_decay_steps}) "
+                f"would reach 0; set NullTextConfig.lr_decay_steps >= {n}"
+            )
+
+    @torch.no_grad()
+    def step(
+        self,
+        inversion: Inversion,
+        i: int,
+        x: torch.Tensor,
+        unet_eps: UNetEps,
+        cond_embedding: torch.Tensor,
+        null: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Denoising step ``i`` of null-text inversion from ``x`` ``[1, C, h, w]`` (the latent the
+        guided loop holds before step ``i``), starting from the embedding ``null`` ``[1, T, D]``.
+
+        Returns ``(u, x_next, passes)``: the optimised embedding (float32, detached), the
+        guided step's result with it, and ``{"forward": .., "backward": ..}`` UNet passes spent.
+        ``cond_embedding`` may change from step to step (DPL's learned tokens).
+        """
+        cfg = self.config
+        g = cfg.guidance_scale
+        dtype = cond_embedding.dtype
+        t = inversion.timesteps[i]
+        a_t, a_prev = inversion.step_alphas(i)
+        target = inversion.at_step(i).float()
+        eps_c = unet_eps(x, t, cond_embedding)
+        forward, backward = 1, 0
+        null = null.detach().float().clone().requires_grad_(True)
+        optimizer = torch.optim.Adam([null], lr=self.learning_rate(i))
+        with torch.enable_grad():
+            for _ in range(cfg.inner_steps):
+                eps_u = unet_eps(x, t, null.to(dtype))
+                eps = eps_u + g * (eps_c - eps_u)
+                loss = F.mse_loss(ddim_step(x, eps, a_t, a_prev).float(), target)
+                null.grad = torch.autograd.grad(loss, [null])[0]
+                forward, backward = forward + 1, backward + 1
+                optimizer.step()
+                if loss.item() < cfg.early_stop_epsilon + i * cfg.early_stop_growth:
+                    break
+        null = null.detach()
+        eps_u = unet_eps(x, t, null.to(dtype))
+        forward += 1
+        x = ddim_step(x, eps_u + g * (eps_c - eps_u), a_t, a_prev)
+        return null, x, {"forward": forward, "backward": backward}
+
     @torch.no_grad()
     def optimize(
         self,
@@ -311,42 +369,16 @@ class NullTextInversion:
         """
         if torch.is_inference_mode_enabled():
             raise RuntimeError("null-text inversion needs gradients: run it outside torch.inference_mode()")
-        cfg = self.config
         n = inversion.num_steps
-        if n > cfg.lr_decay_steps:
-            raise ValueError(
-                f"null-text inversion of {n} steps: the learning rate lr (1 - i / {cfg.lr_decay_steps}) "
-                f"would reach 0; set NullTextConfig.lr_decay_steps >= {n}"
-            )
-        g = cfg.guidance_scale
-        dtype = cond_embedding.dtype
+        self.check_steps(n)
         null = uncond_embedding.detach().float()  # Adam's state in float32, also for fp16 UNets
         nulls = []
         forward = backward = 0
         x = inversion.latents[-1]
         for i in tqdm(range(n), desc="null-text inversion", disable=not progress, leave=False):
-            t = inversion.timesteps[i]
-            a_t, a_prev = inversion.step_alphas(i)
-            target = inversion.at_step(i).float()
-            eps_c = unet_eps(x, t, cond_embedding)
-            forward += 1
-            null = null.detach().clone().requires_grad_(True)
-            optimizer = torch.optim.Adam([null], lr=self.learning_rate(i))
-            with torch.enable_grad():
-                for _ in range(cfg.inner_steps):
-                    eps_u = unet_eps(x, t, null.to(dtype))
-                    eps = eps_u + g * (eps_c - eps_u)
-                    loss = F.mse_loss(ddim_step(x, eps, a_t, a_prev).float(), target)
-                    null.grad = torch.autograd.grad(loss, [null])[0]
-                    forward, backward = forward + 1, backward + 1
-                    optimizer.step()
-                    if loss.item() < cfg.early_stop_epsilon + i * cfg.early_stop_growth:
-                        break
-            null = null.detach()
+            null, x, passes = self.step(inversion, i, x, unet_eps, cond_embedding, null)
             nulls.append(null.to(uncond_embedding.dtype))
-            eps_u = unet_eps(x, t, nulls[-1].to(dtype))
-            forward += 1
-            x = ddim_step(x, eps_u + g * (eps_c - eps_u), a_t, a_prev)
+            forward, backward = forward + passes["forward"], backward + passes["backward"]
         stats = {
             "forward": inversion.stats.get("forward", 0) + forward,
             "backward": inversion.stats.get("backward", 0) + backward,

@@ -48,7 +48,8 @@ class InversionCache:
     """Inversions kept as ``<directory>/<key>.safetensors``.
 
     Stored per inversion: ``latents.<k>`` ``[1, C, h, w]`` (``N + 1``), ``timesteps`` ``[N]``,
-    ``alphas`` ``[N + 1]``, ``null_embeddings.<i>`` ``[1, T, D]`` (``N``, when present) and, in
+    ``alphas`` ``[N + 1]``, ``null_embeddings.<i>`` and ``source_embeddings.<i>`` ``[1, T, D]``
+    (``N`` each, when present) and, in
     the metadata, the format, the device the tensors were on and which latents were
     channels-last (restored on load: a conv's rounding depends on the memory format, so an edit
     from a loaded inversion is bit-for-bit the edit from a fresh one). ``stats`` are not
@@ -86,10 +87,12 @@ class InversionCache:
                 tensors[name] = tensors[name].contiguous(memory_format=torch.channels_last)
             n = int(meta["num_steps"])
             latents = tuple(tensors[f"latents.{k}"] for k in range(n + 1))
-            nulls = None
+            nulls = sources = None
             if meta.get("null_text") == "1":
                 nulls = tuple(tensors[f"null_embeddings.{i}"] for i in range(n))
-            inversion = Inversion(latents, tensors["timesteps"], tensors["alphas"], nulls)
+            if meta.get("source_embeddings") == "1":
+                sources = tuple(tensors[f"source_embeddings.{i}"] for i in range(n))
+            inversion = Inversion(latents, tensors["timesteps"], tensors["alphas"], nulls, source_embeddings=sources)
             saved_on = _device(meta.get("device", "cpu"))
         except Exception as exc:  # a truncated, foreign or corrupt file: invert again
             logger.warning("ignoring unreadable inversion cache file %s (%s)", path, exc)
@@ -103,12 +106,15 @@ class InversionCache:
         tensors["alphas"] = inversion.alphas
         for i, null in enumerate(inversion.null_embeddings or ()):
             tensors[f"null_embeddings.{i}"] = null
+        for i, source in enumerate(inversion.source_embeddings or ()):
+            tensors[f"source_embeddings.{i}"] = source
         channels_last = [name for name, t in tensors.items() if _is_channels_last(t)]
         tensors = {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
         meta = {
             "format": _FORMAT,
             "num_steps": str(inversion.num_steps),
             "null_text": "1" if inversion.null_embeddings is not None else "0",
+            "source_embeddings": "1" if inversion.source_embeddings is not None else "0",
             "device": str(inversion.latents[0].device),
             "channels_last": ",".join(channels_last),
         }
@@ -131,10 +137,11 @@ def _device(name) -> torch.device:
 
 
 def _to_device(inversion: Inversion, device: torch.device) -> Inversion:
-    nulls = inversion.null_embeddings
+    nulls, sources = inversion.null_embeddings, inversion.source_embeddings
     return Inversion(
         tuple(x.to(device) for x in inversion.latents),
         inversion.timesteps.to(device),
         inversion.alphas.to(device),
         tuple(u.to(device) for u in nulls) if nulls is not None else None,
+        source_embeddings=tuple(c.to(device) for c in sources) if sources is not None else None,
     )

@@ -157,7 +157,8 @@ def bench_cases(n_edits: int = 200, seed: int = 0, n_objects: int = 3, size: int
 
 
 # Method variants the comparison names on their own (PIE-Bench's "ddim+p2p": P2P without NTI;
-# ALE as the authors' code does it, docs/ale_presets.md).
+# ALE as the authors' code does it, docs/ale_presets.md; DPL without NTI, and with no token
+# learning, i.e. P2P with DPL's edit settings).
 # BindEdit (docs/bindedit.md): default = binding only; "all" = the three terms; the ablation
 # takes one term off "all" at a time; "off" = the plain dual-branch edit; "bb" adds ALE's
 # background blending to the default.
@@ -170,6 +171,8 @@ METHOD_VARIANTS: dict[str, tuple[str, dict]] = {
     "bindedit-no-fidelity": ("bindedit", {"binding": True, "rebalance": True, "fidelity": False}),
     "bindedit-off": ("bindedit", {"binding": False, "rebalance": False, "fidelity": False}),
     "bindedit-bb": ("bindedit", {"background_blend": True}),
+    "dpl-ddim": ("dpl", {"null_text": False}),
+    "dpl-ddim-0": ("dpl", {"null_text": False, "max_iterations": 0}),  # P2P with DPL's edit settings
 }
 
 
