@@ -211,10 +211,20 @@ def _checkpointing(unet, enabled: bool):
 
 
 class _AtLevel:
-    """Passes only one level's maps on to a recorder."""
+    """A recorder (``wants`` / ``reduce`` / ``add_reduced``, see :mod:`aledit.attention.recorder`)
+    that records only the cross-attention layers of one level."""
 
     def __init__(self, recorder, hw: tuple[int, int]):
         self.recorder, self.hw = recorder, tuple(hw)
+
+    def wants(self, hw: tuple[int, int], is_cross: bool = True) -> bool:
+        return tuple(hw) == self.hw and self.recorder.wants(hw, is_cross)
+
+    def reduce(self, probs: torch.Tensor) -> torch.Tensor:
+        return self.recorder.reduce(probs)
+
+    def add_reduced(self, reduced: torch.Tensor, hw: tuple[int, int]) -> None:
+        self.recorder.add_reduced(reduced, hw)
 
     def add(self, probs: torch.Tensor, hw: tuple[int, int]) -> None:
         if tuple(hw) == self.hw:
