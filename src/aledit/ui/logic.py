@@ -27,6 +27,7 @@ from ..edits import Edit, EditError, EditType, parse_edit
 from ..masks.ops import MaskError
 from ..methods.registry import MethodError, available_methods, describe_option, make_config, method_info, parse_options
 from ..prompts import PromptError
+from ..synthetic.demo import DEMO_KEYS
 from ..synthetic.model import ABLATION_SWITCHES, SyntheticEditSettings
 from ..synthetic.scenes import (
     EDITED_ATTRIBUTES,
@@ -78,15 +79,8 @@ DISPLAY_SIDE = 256  # images smaller than this are shown (and painted on) enlarg
 # Mistakes of the user: shown in the page as their one line, never as a stack trace.
 USER_ERRORS = (UsageError, EditError, MaskError, MethodError, PromptError, SyntheticError)
 
-SCORE_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("success", "success ↑"),
-    ("ti_leakage", "TI leakage ↓"),
-    ("te_changed", "TE changed ↓"),
-    ("te_target_color", "TE target colour ↓"),
-    ("structure_kept", "structure kept ↑"),
-    ("color_kept", "colour kept ↑"),
-    ("material_kept", "material kept ↑"),
-)
+# The exact scores of a synthetic scene, in the demo's columns: (EditScores key, column title).
+SCORE_COLUMNS = DEMO_KEYS
 
 
 # ---------------------------------------------------------------------------------------------
