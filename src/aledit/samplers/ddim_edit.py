@@ -78,16 +78,27 @@ class DDIMEditSampler:
             parts.update(uncond=tensor_digest(plan.uncond_embedding), nti=asdict(NullTextConfig(guidance_scale=self.config.null_text_guidance)))
         return cache.key(**parts)
 
+    # what a cache hit is reported as (subclasses that prepare more than an inversion say so)
+    cache_label = "inversion"
+
     def prepare(self, x0: torch.Tensor, unet_eps, plan, *, progress: bool = True, cache=None) -> Inversion:
-        """The inversion of ``x0`` ``[1, C, h, w]`` (from ``cache`` when it holds it)."""
+        """The inversion of ``x0`` ``[1, C, h, w]`` (from ``cache`` when it holds it; else
+        :meth:`_invert`, then stored there)."""
         if isinstance(cache, (str, os.PathLike)):
             cache = InversionCache(cache)
         key = self._cache_key(cache, x0, unet_eps, plan) if cache is not None else None
         if key is not None:
             found = cache.load(key)
             if found is not None:
-                logger.info("inversion found in the cache")
+                logger.info("%s found in the cache", self.cache_label)
                 return found
+        inversion = self._invert(x0, unet_eps, plan, progress)
+        if key is not None:
+            cache.save(key, inversion)
+        return inversion
+
+    def _invert(self, x0: torch.Tensor, unet_eps, plan, progress: bool) -> Inversion:
+        """DDIM inversion with the plan's inversion prompt, then null-text inversion if asked."""
         cond = plan.inversion_embedding[None].to(x0.device, x0.dtype)
         inversion = DDIMInversion(self.scheduler, DDIMInversionConfig(num_steps=self.config.num_steps)).invert(
             x0, unet_eps, cond, progress=progress
@@ -96,8 +107,6 @@ class DDIMEditSampler:
             uncond = plan.uncond_embedding[None].to(x0.device, x0.dtype)
             nti = NullTextInversion(NullTextConfig(guidance_scale=self.config.null_text_guidance))
             inversion = nti.optimize(inversion, unet_eps, cond, uncond, progress=progress)
-        if key is not None:
-            cache.save(key, inversion)
         return inversion
 
     def sample(self, prepared: Inversion, predict_noise, state, hooks=(), generator=None, progress: bool = True):

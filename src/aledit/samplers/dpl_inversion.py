@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -49,7 +48,7 @@ from ..prompts import span_positions
 from ..validation import check_choice, check_flag, check_number
 from .ddim import DDIMInversion, DDIMInversionConfig, Inversion, NullTextConfig, NullTextInversion
 from .ddim_edit import DDIMEditConfig, DDIMEditSampler
-from .inversion_cache import InversionCache, tensor_digest
+from .inversion_cache import tensor_digest
 
 __all__ = [
     "DPLEditSampler",
@@ -447,6 +446,8 @@ class DPLEditSampler(DDIMEditSampler):
             tokens=tensor_digest(prompt.initial_tokens()),
         )
 
+    cache_label = "DPL tokens and null embeddings"
+
     def prepare(self, x0: torch.Tensor, unet_eps, plan, *, progress: bool = True, cache=None) -> Inversion:
         """DDIM inversion + DPL of ``x0`` ``[1, C, h, w]`` (from ``cache`` when it holds it).
 
@@ -455,14 +456,9 @@ class DPLEditSampler(DDIMEditSampler):
         """
         if not isinstance(plan.sampler_inputs, DynamicPrompt):
             raise TypeError("the DPL sampler needs plan.sampler_inputs = DynamicPrompt (build the plan with DPLMethod)")
-        if isinstance(cache, (str, os.PathLike)):
-            cache = InversionCache(cache)
-        key = self._cache_key(cache, x0, unet_eps, plan) if cache is not None else None
-        if key is not None:
-            found = cache.load(key)
-            if found is not None:
-                logger.info("DPL tokens and null embeddings found in the cache")
-                return found
+        return super().prepare(x0, unet_eps, plan, progress=progress, cache=cache)
+
+    def _invert(self, x0: torch.Tensor, unet_eps, plan, progress: bool) -> Inversion:
         prompt = plan.sampler_inputs
         inversion, background = self.dpl.invert(self.scheduler, self.config.num_steps, x0, unet_eps, prompt, progress)
         uncond = plan.uncond_embedding[None].to(x0.device, x0.dtype)
@@ -472,6 +468,4 @@ class DPLEditSampler(DDIMEditSampler):
         plan.extras["dpl_iterations"] = list(self.trace.iterations)
         if background is not None:
             plan.extras["dpl_background"] = background.cpu()
-        if key is not None:
-            cache.save(key, inversion)
         return inversion
