@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import logging
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -59,7 +58,6 @@ __all__ = [
     "pick_level",
 ]
 
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
