@@ -59,7 +59,6 @@ __all__ = [
 ]
 
 
-
 @dataclass(frozen=True)
 class DPLSettings:
     """How DPL learns its tokens (defaults: the paper and the authors' ``DPL.sh``).
