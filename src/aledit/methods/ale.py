@@ -34,7 +34,7 @@ from ..ore import ORE_INDEXINGS, ORE_ZEROINGS, encode_prompts, restrict_embeddin
 from ..prompts import edit_prompts, layout_prompt
 from ..samplers.virtual_inversion import VirtualInversionConfig, VirtualInversionSampler
 from ..validation import check_choice, check_flag, check_fraction, check_number
-from .base import MASKS_REQUIRED, SOURCE_LATENTS, EditPlan, Guidance, MethodContext
+from .base import MASKS_REQUIRED, SOURCE_LATENTS, ConfiguredMethod, EditPlan, Guidance, MethodContext
 from .registry import LCM_DREAMSHAPER, MethodInfo, register
 
 __all__ = ["ALEConfig", "ALEImplementation", "ALEMethod", "ALE_PRESETS", "BB_TIMINGS"]
@@ -183,14 +183,12 @@ class ALEConfig:
 )
 
 
-class ALEMethod:
+class ALEMethod(ConfiguredMethod):
     """Builds the :class:`EditPlan` of an ALE edit on the virtual-inversion sampler."""
 
     name: ClassVar[str] = "ale"
     masks: ClassVar[str] = MASKS_REQUIRED
-
-    def __init__(self, config: ALEConfig = ALEConfig()):
-        self.config = config
+    config_class: ClassVar[type] = ALEConfig
 
     @property
     def guidance(self) -> Guidance:
@@ -201,10 +199,6 @@ class ALEMethod:
             embedded=cfg.guidance == "embedded",
             paired_uncond=cfg.implementation.paired_uncond,
         )
-
-    @property
-    def dilation_ratio(self) -> float:
-        return self.config.dilation_ratio
 
     def sampler(self, scheduler, num_steps: int) -> VirtualInversionSampler:
         return VirtualInversionSampler(scheduler, VirtualInversionConfig(num_steps=num_steps, eta=self.config.eta))

@@ -26,6 +26,7 @@ from ..masks.ops import ObjectMasks
 from ..samplers.base import LatentGuide, LatentHook
 
 __all__ = [
+    "ConfiguredMethod",
     "EditMethod",
     "EditPlan",
     "Guidance",
@@ -178,6 +179,22 @@ class EditMethod(Protocol):
     def sampler(self, scheduler, num_steps: int): ...
 
     def plan(self, ctx: MethodContext) -> EditPlan: ...
+
+
+class ConfiguredMethod:
+    """What the built-in methods share: the frozen config they are built from (a default
+    ``config_class()`` when none is given), and given masks dilated by the config's
+    ``dilation_ratio`` (a method whose config has none overrides :attr:`dilation_ratio`).
+    Subclasses add ``name``, ``masks``, ``guidance``, ``sampler`` and ``plan``."""
+
+    config_class: ClassVar[type]
+
+    def __init__(self, config=None):
+        self.config = self.config_class() if config is None else config
+
+    @property
+    def dilation_ratio(self) -> float:
+        return self.config.dilation_ratio
 
 
 def guidance_scale_embedding(w: torch.Tensor, dim: int) -> torch.Tensor:

@@ -48,7 +48,7 @@ from ..ore import encode_prompts
 from ..prompts import edit_prompts
 from ..samplers.virtual_inversion import VirtualInversionConfig, VirtualInversionSampler
 from ..validation import check_flag, check_fraction, check_number
-from .base import MASKS_REQUIRED, EditPlan, Guidance, MethodContext
+from .base import MASKS_REQUIRED, ConfiguredMethod, EditPlan, Guidance, MethodContext
 from .registry import LCM_DREAMSHAPER, MethodInfo, register
 
 __all__ = ["BindEditConfig", "BindEditMethod", "binding_energy"]
@@ -162,22 +162,16 @@ def binding_energy(config: BindEditConfig, maps: BindingMaps):
         summary="binding guidance + re-balancing + region fidelity; needs a mask per object",
     )
 )
-class BindEditMethod:
+class BindEditMethod(ConfiguredMethod):
     """Builds the :class:`EditPlan` of a BindEdit edit on the virtual-inversion sampler."""
 
     name: ClassVar[str] = "bindedit"
     masks: ClassVar[str] = MASKS_REQUIRED
-
-    def __init__(self, config: BindEditConfig = BindEditConfig()):
-        self.config = config
+    config_class: ClassVar[type] = BindEditConfig
 
     @property
     def guidance(self) -> Guidance:
         return Guidance(self.config.source_guidance, self.config.target_guidance)
-
-    @property
-    def dilation_ratio(self) -> float:
-        return self.config.dilation_ratio
 
     def sampler(self, scheduler, num_steps: int) -> VirtualInversionSampler:
         return VirtualInversionSampler(scheduler, VirtualInversionConfig(num_steps=num_steps, eta=self.config.eta))

@@ -49,7 +49,7 @@ from ..masks.refine import area_kernel, dilate_square
 from ..ore import encode_prompts
 from ..prompts import edit_prompts, span_positions
 from ..validation import check_choice, check_flag, check_fraction, check_number
-from .base import INVERSION_PROMPTS, MASKS_OPTIONAL, EditPlan, Guidance, MethodContext
+from .base import INVERSION_PROMPTS, MASKS_OPTIONAL, ConfiguredMethod, EditPlan, Guidance, MethodContext
 from .registry import SD15, MethodInfo, register
 
 __all__ = ["CPAMConfig", "CPAMMethod", "FreeLayers", "PreservationWindow", "TASKS", "retain_start"]
@@ -198,7 +198,7 @@ class PreservationWindow:
         summary="mask-guided self-attention keeps background (and object: task=retain); new words only inside the mask",
     )
 )
-class CPAMMethod:
+class CPAMMethod(ConfiguredMethod):
     """Builds the :class:`EditPlan` of a CPAM edit.
 
     Masks are optional: without them ``M_s`` comes from the source words' cross-attention
@@ -207,9 +207,7 @@ class CPAMMethod:
 
     name: ClassVar[str] = "cpam"
     masks: ClassVar[str] = MASKS_OPTIONAL
-
-    def __init__(self, config: CPAMConfig = CPAMConfig()):
-        self.config = config
+    config_class: ClassVar[type] = CPAMConfig
 
     @property
     def guidance(self) -> Guidance:

@@ -26,7 +26,7 @@ import torch
 from ..dpl import REDUCTIONS
 from ..prompts import PhraseNotFoundError, edit_prompts, layout_prompt
 from ..validation import check_choice, check_flag, check_number
-from .base import MASKS_OPTIONAL, EditPlan, Guidance, MethodContext
+from .base import MASKS_OPTIONAL, ConfiguredMethod, EditPlan, Guidance, MethodContext
 from .p2p import MODES, P2PConfig, P2PMethod
 from .registry import SD14, MethodInfo, register
 
@@ -195,23 +195,17 @@ def noun_spans(tokenizer, source: str, edited: tuple[tuple[int, int], ...], extr
         summary="learns per-step noun tokens whose cross-attention avoids other objects and background; edits with P2P",
     )
 )
-class DPLMethod:
+class DPLMethod(ConfiguredMethod):
     """Builds the :class:`EditPlan` of a DPL edit: P2P's plan plus the prompt whose noun tokens
     the sampler learns (``plan.sampler_inputs``)."""
 
     name: ClassVar[str] = "dpl"
     masks: ClassVar[str] = MASKS_OPTIONAL
-
-    def __init__(self, config: DPLConfig = DPLConfig()):
-        self.config = config
+    config_class: ClassVar[type] = DPLConfig
 
     @property
     def guidance(self) -> Guidance:
         return Guidance(self.config.guidance, self.config.guidance)
-
-    @property
-    def dilation_ratio(self) -> float:
-        return self.config.dilation_ratio
 
     def sampler(self, scheduler, num_steps: int):
         from ..samplers.dpl_inversion import DPLEditSampler

@@ -26,7 +26,7 @@ from ..attention.state import TARGET
 from ..ore import encode_prompts
 from ..prompts import edit_prompts
 from ..validation import check_choice, check_flag, check_fraction, check_number
-from .base import INVERSION_PROMPTS, MASKS_UNUSED, EditPlan, Guidance, MethodContext
+from .base import INVERSION_PROMPTS, MASKS_UNUSED, ConfiguredMethod, EditPlan, Guidance, MethodContext
 from .registry import SD15, MethodInfo, register
 
 __all__ = ["FPEConfig", "FPEMethod"]
@@ -88,14 +88,12 @@ class FPEConfig:
         summary="the target takes the source's self-attention maps in the early steps; cross-attention untouched",
     )
 )
-class FPEMethod:
+class FPEMethod(ConfiguredMethod):
     """Builds the :class:`EditPlan` of an FPE edit. Masks are not used."""
 
     name: ClassVar[str] = "fpe"
     masks: ClassVar[str] = MASKS_UNUSED
-
-    def __init__(self, config: FPEConfig = FPEConfig()):
-        self.config = config
+    config_class: ClassVar[type] = FPEConfig
 
     @property
     def guidance(self) -> Guidance:

@@ -45,7 +45,7 @@ from ..ore import encode_prompts
 from ..prompts import edit_prompts, span_positions, word_positions
 from ..samplers.virtual_inversion import VirtualInversionConfig, VirtualInversionSampler
 from ..validation import check_choice, check_flag, check_fraction, check_number
-from .base import MASKS_OPTIONAL, EditPlan, Guidance, MethodContext
+from .base import MASKS_OPTIONAL, ConfiguredMethod, EditPlan, Guidance, MethodContext
 from .registry import LCM_DREAMSHAPER, MethodInfo, register
 
 __all__ = ["InfEditConfig", "InfEditMethod"]
@@ -132,7 +132,7 @@ class InfEditConfig:
         summary="virtual inversion + unified attention control (refine, mutual self-attention, dual-threshold blend)",
     )
 )
-class InfEditMethod:
+class InfEditMethod(ConfiguredMethod):
     """Builds the :class:`EditPlan` of an InfEdit edit on the virtual-inversion sampler.
 
     The blend's target threshold depends on ``alpha_t`` of each step's timestep, which the
@@ -141,17 +141,11 @@ class InfEditMethod:
 
     name: ClassVar[str] = "infedit"
     masks: ClassVar[str] = MASKS_OPTIONAL
-
-    def __init__(self, config: InfEditConfig = InfEditConfig()):
-        self.config = config
+    config_class: ClassVar[type] = InfEditConfig
 
     @property
     def guidance(self) -> Guidance:
         return Guidance(self.config.source_guidance, self.config.target_guidance)
-
-    @property
-    def dilation_ratio(self) -> float:
-        return self.config.dilation_ratio
 
     def sampler(self, scheduler, num_steps: int) -> VirtualInversionSampler:
         return VirtualInversionSampler(scheduler, VirtualInversionConfig(num_steps=num_steps, eta=self.config.eta))

@@ -39,7 +39,7 @@ from ..masks.ops import MaskError
 from ..ore import encode_prompts
 from ..prompts import edit_prompts
 from ..validation import check_choice, check_flag, check_fraction, check_number
-from .base import INVERSION_PROMPTS, MASKS_OPTIONAL, EditPlan, Guidance, MethodContext
+from .base import INVERSION_PROMPTS, MASKS_OPTIONAL, ConfiguredMethod, EditPlan, Guidance, MethodContext
 from .registry import SD14, MethodInfo, register
 
 __all__ = ["MasaCtrlConfig", "MasaCtrlMethod", "masactrl_layers"]
@@ -152,7 +152,7 @@ def masactrl_layers(attention_layers: Sequence[str], start_layer: int | None = N
         summary="target queries read the source's self-attention keys/values (non-rigid edits); masks optional",
     )
 )
-class MasaCtrlMethod:
+class MasaCtrlMethod(ConfiguredMethod):
     """Builds the :class:`EditPlan` of a MasaCtrl edit.
 
     Masks are optional: only the mask-guided variant (``mask_guided=True``) uses them.
@@ -160,17 +160,11 @@ class MasaCtrlMethod:
 
     name: ClassVar[str] = "masactrl"
     masks: ClassVar[str] = MASKS_OPTIONAL
-
-    def __init__(self, config: MasaCtrlConfig = MasaCtrlConfig()):
-        self.config = config
+    config_class: ClassVar[type] = MasaCtrlConfig
 
     @property
     def guidance(self) -> Guidance:
         return Guidance(self.config.guidance, self.config.guidance)
-
-    @property
-    def dilation_ratio(self) -> float:
-        return self.config.dilation_ratio
 
     def sampler(self, scheduler, num_steps: int):
         from ..samplers.ddim_edit import DDIMEditConfig, DDIMEditSampler

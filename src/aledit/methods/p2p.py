@@ -33,7 +33,7 @@ from ..hooks.local_blend import BlendRule, LocalBlend
 from ..ore import encode_prompts
 from ..prompts import edit_prompts, span_positions, word_positions
 from ..validation import check_choice, check_flag, check_fraction, check_number
-from .base import MASKS_OPTIONAL, EditPlan, Guidance, MethodContext
+from .base import MASKS_OPTIONAL, ConfiguredMethod, EditPlan, Guidance, MethodContext
 from .registry import SD14, MethodInfo, register
 
 __all__ = ["P2PConfig", "P2PMethod", "parse_word_window"]
@@ -141,7 +141,7 @@ class P2PConfig:
         summary="the target reuses the source's cross-attention maps; local blend from word maps or given masks",
     )
 )
-class P2PMethod:
+class P2PMethod(ConfiguredMethod):
     """Builds the :class:`EditPlan` of a Prompt-to-Prompt edit.
 
     Masks are optional: given masks replace the local blend's attention-derived mask.
@@ -149,17 +149,11 @@ class P2PMethod:
 
     name: ClassVar[str] = "p2p"
     masks: ClassVar[str] = MASKS_OPTIONAL
-
-    def __init__(self, config: P2PConfig = P2PConfig()):
-        self.config = config
+    config_class: ClassVar[type] = P2PConfig
 
     @property
     def guidance(self) -> Guidance:
         return Guidance(self.config.guidance, self.config.guidance)
-
-    @property
-    def dilation_ratio(self) -> float:
-        return self.config.dilation_ratio
 
     def sampler(self, scheduler, num_steps: int):
         # imported here, as the other DDIM methods do, so the registry loads without the engine
