@@ -24,17 +24,25 @@ class AttentionRecorder:
     Args:
         spans: token span ``(start, stop)`` of each object.
         resolution: ``(h, w)`` every layer's map is resized to before averaging.
+        layer_hw: record only the cross-attention layers of this ``(h, w)`` (``None``: every
+            cross-attention layer).
     """
 
-    def __init__(self, spans: tuple[tuple[int, int], ...], resolution: tuple[int, int]):
+    def __init__(
+        self,
+        spans: tuple[tuple[int, int], ...],
+        resolution: tuple[int, int],
+        layer_hw: tuple[int, int] | None = None,
+    ):
         self.spans = tuple(spans)
         self.resolution = tuple(resolution)
+        self.layer_hw = tuple(layer_hw) if layer_hw is not None else None
         self._sum = torch.zeros(len(self.spans), *self.resolution)
         self._count = 0
 
     def wants(self, hw: tuple[int, int], is_cross: bool = True) -> bool:
-        """Whether a layer of resolution ``hw`` is recorded (every cross-attention layer)."""
-        return is_cross
+        """Whether a layer of resolution ``hw`` is recorded (cross-attention, at ``layer_hw``)."""
+        return is_cross and (self.layer_hw is None or tuple(hw) == self.layer_hw)
 
     @torch.no_grad()
     def reduce(self, probs: torch.Tensor) -> torch.Tensor:

@@ -206,27 +206,6 @@ def _checkpointing(unet, enabled: bool):
         unet.disable_gradient_checkpointing()
 
 
-class _AtLevel:
-    """A recorder (``wants`` / ``reduce`` / ``add_reduced``, see :mod:`aledit.attention.recorder`)
-    that records only the cross-attention layers of one level."""
-
-    def __init__(self, recorder, hw: tuple[int, int]):
-        self.recorder, self.hw = recorder, tuple(hw)
-
-    def wants(self, hw: tuple[int, int], is_cross: bool = True) -> bool:
-        return tuple(hw) == self.hw and self.recorder.wants(hw, is_cross)
-
-    def reduce(self, probs: torch.Tensor) -> torch.Tensor:
-        return self.recorder.reduce(probs)
-
-    def add_reduced(self, reduced: torch.Tensor, hw: tuple[int, int]) -> None:
-        self.recorder.add_reduced(reduced, hw)
-
-    def add(self, probs: torch.Tensor, hw: tuple[int, int]) -> None:
-        if tuple(hw) == self.hw:
-            self.recorder.add(probs, hw)
-
-
 @dataclass(frozen=True)
 class DPLTrace:
     """What DPL did at each step: the losses of its last iteration and its iteration count."""
@@ -266,13 +245,13 @@ class DPLInversion:
         cross_hw, self_hw = self.levels(unet_call.unet, latent_hw)
         state = EditState(layout=BatchLayout.source_only(), num_steps=num_steps, latent_hw=latent_hw)
         self_rec = SelfAttentionRecorder(self_hw)
-        cross_rec = AttentionRecorder(prompt.spans, self_hw)
+        cross_rec = AttentionRecorder(prompt.spans, self_hw, layer_hw=cross_hw)
 
         def choose(name, current):
             if is_self_attention(name):
                 return RecordingAttnProcessor(state, self_rec)
             if is_cross_attention(name):
-                return RecordingAttnProcessor(state, _AtLevel(cross_rec, cross_hw))
+                return RecordingAttnProcessor(state, cross_rec)
             return current
 
         with unet_call.processors(choose):
