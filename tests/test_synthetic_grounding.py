@@ -20,6 +20,7 @@ from aledit.synthetic.grounding import (
     phrase_inside_share,
     pixel_grounding_loss,
     region_masks_at,
+    separation_grounding_loss,
     token_grounding_loss,
 )
 from aledit.synthetic.model import synthetic_model_path
@@ -76,6 +77,26 @@ def test_pixel_loss_known_answers():
     # inside a = 0.8, outside a = 0.2: (-log 0.8 - log 0.8) / 2
     mixed = _planted([0.8, 0.8, 0.2, 0.2])
     assert pixel_grounding_loss(mixed, TOKENS, REGION, VALID).item() == pytest.approx(-math.log(0.8), rel=1e-5)
+
+
+def test_separation_loss_known_answers():
+    # two objects: object 0 owns pixels 0-1 and token 1, object 1 owns pixel 2 and token 2
+    tokens = torch.tensor([[[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]]])  # [1, 2, 4]
+    region = torch.tensor([[[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]]])  # [1, 2, 4]
+    both = torch.tensor([[True, True]])
+    probs = torch.zeros(1, 4, 4)
+    probs[0, :, 3] = 1.0
+    probs[0, 2, 1], probs[0, 2, 3] = 0.3, 0.7  # object 1's pixel gives 0.3 to object 0's word
+    probs[0, 0, 2], probs[0, 0, 3] = 0.6, 0.4  # one of object 0's pixels gives 0.6 to object 1's word
+    # object 0: -log(1 - 0.3) over its one "other" pixel; object 1: (-log 0.4 - log 1) / 2
+    expected = (-math.log(0.7) + (-math.log(0.4)) / 2) / 2
+    assert separation_grounding_loss(probs, tokens, region, both).item() == pytest.approx(expected, rel=1e-5)
+    # background attention does not count (pixel 3 gives everything to object 0's word)
+    probs[0, 3, 1], probs[0, 3, 3] = 1.0, 0.0
+    assert separation_grounding_loss(probs, tokens, region, both).item() == pytest.approx(expected, rel=1e-5)
+    # with one valid object there is no other object: 0
+    assert separation_grounding_loss(probs, tokens, region, torch.tensor([[True, False]])).item() == 0.0
+    assert separation_grounding_loss(probs[:, :, :], tokens[:, :1], region[:, :1], VALID).item() == 0.0
 
 
 def test_pixel_loss_gradient_moves_attention_from_eos_to_words_inside():

@@ -28,6 +28,14 @@ each attention cell covered by the object, in ``[0, 1]``):
   EOS); the outside half keeps other pixels off them. Its gradient does not vanish when
   ``a_k(p)`` is near 0 (unlike a squared error through the softmax), so it lifts the words out
   of the EOS sink.
+* separation term (ours): the outside half restricted to the *other named objects'* pixels::
+
+      O_k(p) = max_{j != k, valid} R_j(p)
+      L_sep  = mean_k sum_p O_k(p) (-log(1 - a_k(p))) / sum_p O_k(p)
+
+  In the pixel term the outside half is dominated by background pixels, so a phrase is pushed
+  off the background but hardly off the other objects (measured: words learn *where objects
+  are*, not *which*); this term asks only the latter.
 
 Objects that a caption leaves out, and empty captions, have ``valid`` False and add nothing.
 Every function here is pure.
@@ -45,6 +53,7 @@ __all__ = [
     "phrase_inside_share",
     "pixel_grounding_loss",
     "region_masks_at",
+    "separation_grounding_loss",
     "token_grounding_loss",
     "word_maps",
 ]
@@ -118,6 +127,30 @@ def pixel_grounding_loss(
     outside = ((1 - r) * -torch.log1p(-a)).sum(-1) / (1 - r).sum(-1).clamp_min(EPS)
     has_inside = r.sum(-1) > 0
     return _masked_mean((inside + outside) / 2, valid & has_inside)
+
+
+def separation_grounding_loss(
+    probs: torch.Tensor, token_masks: torch.Tensor, region_masks: torch.Tensor, valid: torch.Tensor
+) -> torch.Tensor:
+    """Mean over valid ``(b, k)`` that have another valid object of the binary cross-entropy
+    ``-log(1 - a_k)`` over the other objects' pixels (``L_sep`` of the module docstring).
+
+    Args:
+        probs: ``[B, HW, T]``; token_masks: ``[B, K, T]``; region_masks: ``[B, K, HW]``;
+        valid: ``[B, K]`` bool.
+
+    Returns:
+        a 0-d tensor; 0 when no sample names two objects.
+    """
+    a = word_maps(probs, token_masks).clamp(EPS, 1.0 - EPS)
+    r = region_masks.to(a.dtype) * valid[..., None].to(a.dtype)
+    k = r.shape[1]
+    others = torch.stack(
+        [torch.stack([r[:, j] for j in range(k) if j != i], 1).amax(1) if k > 1 else torch.zeros_like(r[:, i]) for i in range(k)], 1
+    )  # [B, K, HW]
+    weight = others.sum(-1)
+    loss = (others * -torch.log1p(-a)).sum(-1) / weight.clamp_min(EPS)
+    return _masked_mean(loss, valid & (weight > 0))
 
 
 def region_masks_at(masks: np.ndarray, side: int) -> torch.Tensor:

@@ -58,7 +58,13 @@ import torch
 from tqdm.auto import tqdm
 
 from ..prompts import join_phrases
-from .grounding import CrossAttentionRecorder, pixel_grounding_loss, region_masks_at, token_grounding_loss
+from .grounding import (
+    CrossAttentionRecorder,
+    pixel_grounding_loss,
+    region_masks_at,
+    separation_grounding_loss,
+    token_grounding_loss,
+)
 from .scenes import SceneObject, random_scene
 
 __all__ = [
@@ -118,9 +124,10 @@ class TrainConfig:
         phrase_form_weights: relative frequency of each of :data:`PHRASE_FORMS`.
         caption_order: ``"drawing"`` (objects named back to front, as scene captions are) or
             ``"random"`` (a random order per caption).
-        token_grounding_weight, pixel_grounding_weight: weights of the token- and pixel-level
-            grounding losses (:mod:`aledit.synthetic.grounding`) added to the denoising loss,
-            averaged over every cross-attention layer; 0 leaves them out.
+        token_grounding_weight, pixel_grounding_weight, separation_grounding_weight: weights of
+            the token-level, pixel-level and separation grounding losses
+            (:mod:`aledit.synthetic.grounding`) added to the denoising loss, averaged over every
+            cross-attention layer; 0 leaves them out.
         grounding_max_timestep: grounding losses count only for samples noised to
             ``t < grounding_max_timestep`` (1000: all).
         threads: ``torch.set_num_threads`` during training.
@@ -157,6 +164,7 @@ class TrainConfig:
     caption_order: str = "drawing"
     token_grounding_weight: float = 0.0
     pixel_grounding_weight: float = 0.0
+    separation_grounding_weight: float = 0.0
     grounding_max_timestep: int = 1000
     threads: int = 2
 
@@ -172,7 +180,7 @@ class TrainConfig:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.caption_order not in CAPTION_ORDERS:
             raise ValueError(f"caption_order must be one of {', '.join(CAPTION_ORDERS)}, got {self.caption_order!r}")
-        for name in ("token_grounding_weight", "pixel_grounding_weight"):
+        for name in ("token_grounding_weight", "pixel_grounding_weight", "separation_grounding_weight"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
         if not 0 < self.grounding_max_timestep <= 1000:
@@ -186,7 +194,7 @@ class TrainConfig:
 
     @property
     def grounded(self) -> bool:
-        return self.token_grounding_weight > 0 or self.pixel_grounding_weight > 0
+        return max(self.token_grounding_weight, self.pixel_grounding_weight, self.separation_grounding_weight) > 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -533,7 +541,7 @@ def train_diffusion(
         unet.set_attn_processor(
             {name: recorder if is_cross_attention(name) else AttnProcessor2_0() for name in unet.attn_processors}
         )
-    losses, grounding_log = [], {"token": [], "pixel": []}
+    losses, grounding_log = [], {"token": [], "pixel": [], "separation": []}
     start = time.perf_counter()
     bar = tqdm(range(config.steps), desc="diffusion", disable=not progress)
     for step in bar:
@@ -566,16 +574,19 @@ def train_diffusion(
                 tokenizer, scenes, [n for _, n in drawn], captions, sides, span_cache
             )
             valid = valid & (t < config.grounding_max_timestep)[:, None]
-            token_term = torch.stack(
-                [token_grounding_loss(m, token_masks, regions[int(round(m.shape[1] ** 0.5))], valid) for m in recorder.maps]
-            ).mean()
-            pixel_term = torch.stack(
-                [pixel_grounding_loss(m, token_masks, regions[int(round(m.shape[1] ** 0.5))], valid) for m in recorder.maps]
-            ).mean()
+            terms = {}
+            for name, fn in (("token", token_grounding_loss), ("pixel", pixel_grounding_loss), ("separation", separation_grounding_loss)):
+                terms[name] = torch.stack(
+                    [fn(m, token_masks, regions[int(round(m.shape[1] ** 0.5))], valid) for m in recorder.maps]
+                ).mean()
+                grounding_log[name].append(terms[name].item())
             recorder.maps.clear()
-            loss = loss + config.token_grounding_weight * token_term + config.pixel_grounding_weight * pixel_term
-            grounding_log["token"].append(token_term.item())
-            grounding_log["pixel"].append(pixel_term.item())
+            loss = (
+                loss
+                + config.token_grounding_weight * terms["token"]
+                + config.pixel_grounding_weight * terms["pixel"]
+                + config.separation_grounding_weight * terms["separation"]
+            )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
@@ -742,6 +753,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--caption-order", choices=CAPTION_ORDERS)
     parser.add_argument("--token-grounding", type=float, help="weight of the token-level grounding loss")
     parser.add_argument("--pixel-grounding", type=float, help="weight of the pixel-level grounding loss")
+    parser.add_argument("--separation-grounding", type=float, help="weight of the separation grounding loss")
     parser.add_argument("--grounding-max-t", type=int, help="grounding losses only for timesteps below this")
     parser.add_argument("--init", help="continue from this saved pipeline (a second training stage)")
     parser.add_argument("--checkpoint-every", type=int, default=0, help="save the averaged weights every N steps")
@@ -760,6 +772,7 @@ _FLAGS = {
     "caption_order": "caption_order",
     "token_grounding": "token_grounding_weight",
     "pixel_grounding": "pixel_grounding_weight",
+    "separation_grounding": "separation_grounding_weight",
     "grounding_max_t": "grounding_max_timestep",
 }
 
