@@ -9,7 +9,7 @@ Two stages, both on scenes drawn on the fly by :func:`aledit.synthetic.random_sc
    except in blocks an object boundary cuts (about 5% of a scene's pixels move by more than 24
    levels in a round trip). Brief reconstruction training reached 16% such pixels after 600
    steps and fine-tuning from the exact weights was unstable, so none is done. Its
-   ``scaling_factor`` is ``1 / std`` of the latents.
+   ``scaling_factor`` is ``latent_scale / std`` of the latents (``latent_scale`` 1 in ``v1``).
 2. **Text encoder + UNet**, jointly from scratch: a 2-layer ``CLIPTextModel`` over CLIP's real
    49,408-token vocabulary (CLIP's BPE tokenizer, BOS/EOS, padded with EOS to 77 tokens, causal
    attention, last hidden state after the final layer norm, as Stable Diffusion uses it) and a
@@ -110,6 +110,12 @@ class TrainConfig:
         n_objects_weights: relative frequency of scenes with 1, 2, 3 objects.
         vae_channels: ``block_out_channels`` of the autoencoder (2 levels: scale factor 2).
         latent_channels: channels of the latent (0-2 hold the block mean RGB, the rest 0).
+        latent_scale: the autoencoder's ``scaling_factor`` is ``latent_scale / std`` of the
+            latents. Below 1 it lowers the signal-to-noise ratio of every timestep by
+            ``latent_scale^2`` (a noise-schedule shift): a flat synthetic scene shows its
+            colours through much more noise than a natural image does, so with 1 the model
+            decides every attribute from the noisy latent early and ignores the caption after
+            (t <= 600); a lower scale keeps attributes undecided, and the text in charge, longer.
         text_hidden_size, text_layers, text_heads, text_intermediate_size: the CLIP text encoder.
         max_length: tokenizer length (CLIP's 77).
         unet_channels: ``block_out_channels`` of the UNet; the first level has no attention.
@@ -139,6 +145,7 @@ class TrainConfig:
     # autoencoder
     vae_channels: tuple[int, ...] = (32, 32)
     latent_channels: int = 4
+    latent_scale: float = 1.0
     # text encoder
     text_hidden_size: int = 64
     text_layers: int = 2
@@ -183,6 +190,8 @@ class TrainConfig:
         for name in ("token_grounding_weight", "pixel_grounding_weight", "separation_grounding_weight"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
+        if not (math.isfinite(self.latent_scale) and 0 < self.latent_scale <= 10):
+            raise ValueError(f"latent_scale must be in (0, 10], got {self.latent_scale}")
         if not 0 < self.grounding_max_timestep <= 1000:
             raise ValueError(f"grounding_max_timestep must be in (0, 1000], got {self.grounding_max_timestep}")
         object.__setattr__(self, "vae_channels", tuple(self.vae_channels))
@@ -448,7 +457,7 @@ def block_average_init(vae) -> None:
 
 def prepare_autoencoder(vae, config: TrainConfig, rng: np.random.Generator) -> dict:
     """Makes ``vae`` the exact block-average autoencoder (:func:`block_average_init`) and sets
-    its ``scaling_factor`` to ``1 / std`` of the latents of 128 random scenes. Returns stats,
+    its ``scaling_factor`` to ``config.latent_scale / std`` of the latents of 128 random scenes. Returns stats,
     among them the share of pixels a round trip moves by more than 24 levels (object-boundary
     blocks: the floor of every edit's ``te_changed``)."""
     block_average_init(vae)
@@ -459,7 +468,7 @@ def prepare_autoencoder(vae, config: TrainConfig, rng: np.random.Generator) -> d
         recon = vae.decode(latents).sample.clamp(-1, 1)
     error = ((recon - pixels).abs() * 127.5).amax(dim=1)  # [B, H, W], 0-255 units
     std = float(latents.std())
-    vae.register_to_config(scaling_factor=1.0 / std)
+    vae.register_to_config(scaling_factor=config.latent_scale / std)
     stats = {
         "latent_std": std,
         "latent_mean": float(latents.mean()),
@@ -750,6 +759,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--ema-decay", type=float)
     parser.add_argument("--threads", type=int)
     parser.add_argument("--unet-channels", help="UNet block channels, e.g. 32,64,96")
+    parser.add_argument("--latent-scale", type=float, help="scaling_factor = this / latent std (< 1: lower SNR)")
     parser.add_argument("--caption-order", choices=CAPTION_ORDERS)
     parser.add_argument("--token-grounding", type=float, help="weight of the token-level grounding loss")
     parser.add_argument("--pixel-grounding", type=float, help="weight of the pixel-level grounding loss")
@@ -770,6 +780,7 @@ _FLAGS = {
     "ema_decay": "ema_decay",
     "threads": "threads",
     "caption_order": "caption_order",
+    "latent_scale": "latent_scale",
     "token_grounding": "token_grounding_weight",
     "pixel_grounding": "pixel_grounding_weight",
     "separation_grounding": "separation_grounding_weight",
