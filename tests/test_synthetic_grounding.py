@@ -245,7 +245,7 @@ def test_probe_json_on_the_packaged_model(capsys):
         assert isinstance(result[key], float), key
     assert result["scenes"] == 1 and result["probed_at"] == 500 and set(result["by_timestep"]) == {"800", "500", "200"}
     assert result["bos_mass"] + result["word_mass"] + result["eos_mass"] == pytest.approx(1.0, abs=1e-4)
-    for key in ("bos_mass", "word_mass", "eos_mass", "recolour_success"):
+    for key in ("bos_mass", "word_mass", "eos_mass", "recolour_success", "recolour_colour_share"):
         assert 0.0 <= result[key] <= 1.0, key
     assert 0.0 < result["own_mask_ratio"] < 20 and 0.0 < result["other_mask_ratio"] < 20
     assert result["own_other_ratio"] == pytest.approx(result["own_mask_ratio"] / result["other_mask_ratio"])

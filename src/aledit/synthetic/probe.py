@@ -19,9 +19,12 @@ the masses are means over all probed timesteps.
 Re-colouring (:func:`recolour_success`): 1-object scenes noised to t = 999 (almost pure noise)
 are denoised in ``recolour_steps`` deterministic DDIM steps (evenly spaced from 999 to 0) with
 classifier-free guidance ``recolour_guidance`` and the object's full phrase with another colour;
-the figure is the share of the object's mask pixels whose nearest palette tone
+``recolour_success`` is the share of the object's mask pixels whose nearest palette tone
 (:func:`~aledit.synthetic.classify_pixels`) is the new colour (base or shade), averaged over
-scenes.
+scenes. From t = 999 the latent keeps only a trace of the layout (``sqrt(alpha_bar) = 0.07``
+times a scaled latent), so the generated object need not land on the source mask;
+``recolour_colour_share`` separates colour from placement: of the generated pixels that show
+any object colour, anywhere, the share in the new colour.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from .grounding import CrossAttentionRecorder, region_masks_at
 from .metrics import COLOR_NAMES, classify_pixels
 from .scenes import COLORS, FULL_TEMPLATE, random_scene
 
-__all__ = ["PROBE_KEYS", "ProbeConfig", "attention_figures", "recolour_success", "run_probe"]
+__all__ = ["PROBE_KEYS", "ProbeConfig", "attention_figures", "recolour_figures", "recolour_success", "run_probe"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +55,7 @@ PROBE_KEYS: tuple[str, ...] = (
     "word_mass",
     "eos_mass",
     "recolour_success",
+    "recolour_colour_share",
 )
 
 
@@ -134,11 +138,18 @@ def attention_figures(pipe, config: ProbeConfig = ProbeConfig()) -> dict[int, di
 def recolour_success(pipe, config: ProbeConfig = ProbeConfig()) -> float:
     """Mean share of an object's pixels in the new colour after re-colouring from t = 999
     (see the module docstring)."""
+    return recolour_figures(pipe, config)["recolour_success"]
+
+
+@torch.no_grad()
+def recolour_figures(pipe, config: ProbeConfig = ProbeConfig()) -> dict[str, float]:
+    """``{"recolour_success", "recolour_colour_share"}``, means over scenes (see the module
+    docstring; a scene whose output shows no object colour counts 0 in the colour share)."""
     alphas = pipe.scheduler.alphas_cumprod.float()
     timesteps = torch.linspace(999, 0, config.recolour_steps + 1).round().long()
     rng = np.random.default_rng(config.seed + 7)
     uncond = encode_prompts(pipe.text_encoder, pipe.tokenizer, [""])
-    shares = []
+    shares, colour_shares = [], []
     for n in range(config.scenes):
         scene = random_scene(rng, 1)
         obj = scene.objects[0]
@@ -160,8 +171,11 @@ def recolour_success(pipe, config: ProbeConfig = ProbeConfig()) -> float:
         image = ((image[0].permute(1, 2, 0) + 1) * 127.5).round().to(torch.uint8).numpy()
         classes = classify_pixels(image, scene.background)
         mask = scene.masks[0]
-        shares.append(float((classes.color[mask] == COLOR_NAMES.index(color)).mean()))
-    return float(np.mean(shares))
+        target = COLOR_NAMES.index(color)
+        shares.append(float((classes.color[mask] == target).mean()))
+        coloured = classes.color >= 0
+        colour_shares.append(float((classes.color == target).sum() / coloured.sum()) if coloured.any() else 0.0)
+    return {"recolour_success": float(np.mean(shares)), "recolour_colour_share": float(np.mean(colour_shares))}
 
 
 def run_probe(pipe, config: ProbeConfig = ProbeConfig()) -> dict:
@@ -178,7 +192,7 @@ def run_probe(pipe, config: ProbeConfig = ProbeConfig()) -> dict:
     }
     for key in ("bos_mass", "word_mass", "eos_mass"):
         result[key] = float(np.mean([f[key] for f in by_t.values()]))
-    result["recolour_success"] = recolour_success(pipe, config)
+    result.update(recolour_figures(pipe, config))
     result["probed_at"] = headline_t
     result["scenes"] = config.scenes
     result["by_timestep"] = {str(t): f for t, f in by_t.items()}
