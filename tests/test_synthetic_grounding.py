@@ -224,6 +224,14 @@ def test_recipes_and_flags():
         TrainConfig(caption_order="backwards")
     with pytest.raises(ValueError, match="pixel_grounding_weight"):
         TrainConfig(pixel_grounding_weight=-1.0)
+    args = build_parser().parse_args(["--out", "x", "--latent-scale", "0.5", "--separation-grounding", "0.01"])
+    config = config_from_args(args)
+    assert (config.latent_scale, config.separation_grounding_weight) == (0.5, 0.01)
+    for bad in (0.0, -1.0, 11.0, float("nan")):
+        with pytest.raises(ValueError, match="latent_scale"):
+            TrainConfig(latent_scale=bad)
+    with pytest.raises(ValueError, match="separation_grounding_weight"):
+        TrainConfig(separation_grounding_weight=-0.1)
 
 
 # ------------------------------------------------------------------------------------------
