@@ -7,7 +7,9 @@ object's mask (and inside the other object's mask) relative to a uniform map (1.
 localisation), at t = 800, 500, 200; and the share of an object's pixels re-coloured from pure
 noise by a caption with another colour. With ``--json`` the last line is one JSON object with
 ``own_mask_ratio``, ``other_mask_ratio`` (t = 500), ``own_other_ratio``, ``bos_mass``,
-``word_mass``, ``eos_mass``, ``recolour_success``, ``by_timestep``, ``scenes``.
+``word_mass``, ``eos_mass``, ``recolour_success``, ``recolour_colour_share``, ``by_timestep``,
+``caption_control`` (per noise level, the share of scenes whose one-step prediction takes the
+caption's new colour), ``scenes``.
 
     python scripts/synthetic_attention_probe.py [MODEL_DIR] [--scenes 16] [--json]
 """
@@ -48,6 +50,7 @@ def main(argv=None) -> int:
     result = run_probe(pipe, config)
     for t, f in result["by_timestep"].items():
         logger.info("t=%s: %s", t, {k: round(v, 3) for k, v in f.items()})
+    logger.info("caption control (share of scenes re-coloured by the caption, per t): %s", result["caption_control"])
     logger.info("headline (t=%s, %d scenes): %s", result["probed_at"], result["scenes"], {k: round(result[k], 3) for k in PROBE_KEYS})
     if args.json:
         print(json.dumps(result))

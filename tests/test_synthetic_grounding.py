@@ -257,6 +257,8 @@ def test_probe_json_on_the_packaged_model(capsys):
         assert 0.0 <= result[key] <= 1.0, key
     assert 0.0 < result["own_mask_ratio"] < 20 and 0.0 < result["other_mask_ratio"] < 20
     assert result["own_other_ratio"] == pytest.approx(result["own_mask_ratio"] / result["other_mask_ratio"])
+    assert set(result["caption_control"]) == {str(t) for t in ProbeConfig().control_timesteps}
+    assert all(v in (0.0, 1.0) for v in result["caption_control"].values())  # 1 scene: a hit or not
 
 
 def test_probe_is_deterministic_and_leaves_processors():
@@ -273,5 +275,9 @@ def test_probe_rejects_bad_settings():
         ProbeConfig(scenes=0)
     with pytest.raises(ValueError, match="timesteps"):
         ProbeConfig(timesteps=(1000,))
+    with pytest.raises(ValueError, match="control_timesteps"):
+        ProbeConfig(control_timesteps=(-1,))
+    with pytest.raises(ValueError, match="control_guidance"):
+        ProbeConfig(control_guidance=float("nan"))
     with pytest.raises(SystemExit):
         _load_probe_script().main(["--scenes", "0"])

@@ -25,6 +25,14 @@ scenes. From t = 999 the latent keeps only a trace of the layout (``sqrt(alpha_b
 times a scaled latent), so the generated object need not land on the source mask;
 ``recolour_colour_share`` separates colour from placement: of the generated pixels that show
 any object colour, anywhere, the share in the new colour.
+
+Caption control (:func:`caption_control`): down to which noise level does the caption decide
+an object's colour? 1-object scenes are noised to each of ``control_timesteps`` and the clean
+image is predicted in one step (classifier-free guidance ``control_guidance``, the object's
+phrase with another colour); the figure per timestep is the share of scenes whose mean predicted
+colour inside the object's mask is nearest (base or shade tone) the new colour. A model whose
+captions only act at t >= 800 can re-colour from pure noise but not in an edit that starts from
+an inverted latent at a lower noise level.
 """
 
 from __future__ import annotations
@@ -43,7 +51,7 @@ from .grounding import CrossAttentionRecorder, region_masks_at
 from .metrics import COLOR_NAMES, classify_pixels
 from .scenes import COLORS, FULL_TEMPLATE, random_scene
 
-__all__ = ["PROBE_KEYS", "ProbeConfig", "attention_figures", "recolour_figures", "recolour_success", "run_probe"]
+__all__ = ["PROBE_KEYS", "ProbeConfig", "attention_figures", "caption_control", "recolour_figures", "recolour_success", "run_probe"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +76,9 @@ class ProbeConfig:
         timesteps: noise levels of the attention probe; 500 gives the headline ratios.
         recolour_steps: DDIM steps of the re-colouring.
         recolour_guidance: classifier-free guidance of the re-colouring.
+        control_timesteps: noise levels of :func:`caption_control`.
+        control_guidance: classifier-free guidance of :func:`caption_control` (the synthetic
+            edits' target guidance).
         seed: seeds scenes, colours and noise.
     """
 
@@ -75,15 +86,20 @@ class ProbeConfig:
     timesteps: tuple[int, ...] = (800, 500, 200)
     recolour_steps: int = 20
     recolour_guidance: float = 4.0
+    control_timesteps: tuple[int, ...] = (900, 800, 700, 600, 500, 400)
+    control_guidance: float = 8.0
     seed: int = 1
 
     def __post_init__(self):
         check_number("scenes", self.scenes, 1, integer=True)
         check_number("recolour_steps", self.recolour_steps, 1, 999, integer=True)
         check_number("recolour_guidance", self.recolour_guidance, 0.0)
-        object.__setattr__(self, "timesteps", tuple(int(t) for t in self.timesteps))
-        if not self.timesteps or not all(0 <= t < 1000 for t in self.timesteps):
-            raise ValueError(f"timesteps must be in [0, 999], got {self.timesteps}")
+        check_number("control_guidance", self.control_guidance, 0.0)
+        for field in ("timesteps", "control_timesteps"):
+            values = tuple(int(t) for t in getattr(self, field))
+            if not values or not all(0 <= t < 1000 for t in values):
+                raise ValueError(f"{field} must be in [0, 999], got {values}")
+            object.__setattr__(self, field, values)
 
 
 def _latent(pipe, image: np.ndarray) -> torch.Tensor:
@@ -178,10 +194,39 @@ def recolour_figures(pipe, config: ProbeConfig = ProbeConfig()) -> dict[str, flo
     return {"recolour_success": float(np.mean(shares)), "recolour_colour_share": float(np.mean(colour_shares))}
 
 
+@torch.no_grad()
+def caption_control(pipe, config: ProbeConfig = ProbeConfig()) -> dict[int, float]:
+    """``{t: share of scenes whose one-step prediction takes the caption's new colour}`` for
+    ``config.control_timesteps`` (see the module docstring)."""
+    alphas = pipe.scheduler.alphas_cumprod.float()
+    tones = [(name, np.array(tone, dtype=np.float32)) for name, pair in COLORS.items() for tone in pair]
+    rng = np.random.default_rng(config.seed + 13)
+    uncond = encode_prompts(pipe.text_encoder, pipe.tokenizer, [""])
+    hits = {t: [] for t in config.control_timesteps}
+    for n in range(config.scenes):
+        scene = random_scene(rng, 1)
+        obj = scene.objects[0]
+        color = str(rng.choice([c for c in COLORS if c != obj.color]))
+        cond = encode_prompts(pipe.text_encoder, pipe.tokenizer, [FULL_TEMPLATE.format(color=color, shape=obj.shape, material=obj.material)])
+        latent = _latent(pipe, scene.image)
+        noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(config.seed * 1000 + 900 + n))
+        for t in config.control_timesteps:
+            tt = torch.tensor([t])
+            x = pipe.scheduler.add_noise(latent, noise, tt)
+            eps_u, eps_c = pipe.unet(torch.cat([x, x]), torch.cat([tt, tt]), encoder_hidden_states=torch.cat([uncond, cond])).sample.chunk(2)
+            eps = eps_u + config.control_guidance * (eps_c - eps_u)
+            x0 = (x - (1 - alphas[t]).sqrt() * eps) / alphas[t].sqrt()
+            image = pipe.vae.decode(x0 / pipe.vae.config.scaling_factor).sample.clamp(-1, 1)
+            mean = ((image[0].permute(1, 2, 0) + 1) * 127.5).numpy()[scene.masks[0]].mean(0)
+            nearest = min(tones, key=lambda nt: float(((nt[1] - mean) ** 2).sum()))[0]
+            hits[t].append(float(nearest == color))
+    return {t: float(np.mean(v)) for t, v in hits.items()}
+
+
 def run_probe(pipe, config: ProbeConfig = ProbeConfig()) -> dict:
     """Every figure of the probe as one JSON-ready dict: :data:`PROBE_KEYS` (ratios at t = 500,
     or at the probed timestep nearest to it; masses averaged over timesteps), ``by_timestep``,
-    ``scenes`` and ``probed_at``."""
+    ``caption_control`` (``{str(t): share}``), ``scenes`` and ``probed_at``."""
     by_t = attention_figures(pipe, config)
     headline_t = min(config.timesteps, key=lambda t: abs(t - 500))
     head = by_t[headline_t]
@@ -193,6 +238,7 @@ def run_probe(pipe, config: ProbeConfig = ProbeConfig()) -> dict:
     for key in ("bos_mass", "word_mass", "eos_mass"):
         result[key] = float(np.mean([f[key] for f in by_t.values()]))
     result.update(recolour_figures(pipe, config))
+    result["caption_control"] = {str(t): v for t, v in caption_control(pipe, config).items()}
     result["probed_at"] = headline_t
     result["scenes"] = config.scenes
     result["by_timestep"] = {str(t): f for t, f in by_t.items()}
