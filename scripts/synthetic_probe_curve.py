@@ -70,6 +70,7 @@ def main(argv=None) -> int:
                 with open(os.path.join(path, "training.json")) as f:
                     step = json.load(f)["config"]["steps"]
             row = {"run": name, "step": step, "seconds": _seconds(path), **{k: round(result[k], 3) for k in PROBE_KEYS}}
+            row.update({f"control_t{t}": v for t, v in result["caption_control"].items()})
             logger.info("%s", row)
             rows.append(row)
     frame = pd.DataFrame(rows)
