@@ -224,6 +224,8 @@ def test_recipes_and_flags():
         TrainConfig(caption_order="backwards")
     with pytest.raises(ValueError, match="pixel_grounding_weight"):
         TrainConfig(pixel_grounding_weight=-1.0)
+    localised = RECIPES["localised"]
+    assert (localised.latent_scale, localised.token_grounding_weight, localised.pixel_grounding_weight) == (0.5, 0.01, 0.01)
     args = build_parser().parse_args(["--out", "x", "--latent-scale", "0.5", "--separation-grounding", "0.01"])
     config = config_from_args(args)
     assert (config.latent_scale, config.separation_grounding_weight) == (0.5, 0.01)

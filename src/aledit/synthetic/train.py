@@ -741,6 +741,12 @@ RECIPES: dict[str, TrainConfig] = {
     "v1": TrainConfig(),
     # v1 plus captions in random order and both grounding terms (issue 15)
     "grounded": TrainConfig(caption_order="random", token_grounding_weight=0.05, pixel_grounding_weight=0.05),
+    # the issue-15 candidate whose words localise (docs/synthetic_v2_progress.md, fourth session):
+    # token and pixel terms at 0.01 from scratch, random order, the noise schedule shifted
+    # (latent scale 0.5) so that the caption still decides colour at t = 400-600
+    "localised": TrainConfig(
+        caption_order="random", latent_scale=0.5, token_grounding_weight=0.01, pixel_grounding_weight=0.01
+    ),
 }
 """Named training recipes; ``--recipe NAME`` starts from one, and flags override its fields."""
 
