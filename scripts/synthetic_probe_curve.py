@@ -17,6 +17,7 @@ import sys
 import pandas as pd
 import torch
 
+from aledit.reporting import to_markdown
 from aledit.synthetic.probe import PROBE_KEYS, ProbeConfig, run_probe
 
 logger = logging.getLogger("synthetic_probe_curve")
@@ -74,7 +75,7 @@ def main(argv=None) -> int:
             logger.info("%s", row)
             rows.append(row)
     frame = pd.DataFrame(rows)
-    print(frame.to_markdown(index=False))
+    print(to_markdown(frame))  # ours: pandas' needs tabulate, not a dependency
     if args.csv:
         frame.to_csv(args.csv, index=False)
     return 0

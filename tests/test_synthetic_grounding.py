@@ -283,3 +283,17 @@ def test_probe_rejects_bad_settings():
         ProbeConfig(control_guidance=float("nan"))
     with pytest.raises(SystemExit):
         _load_probe_script().main(["--scenes", "0"])
+
+
+def test_probe_curve_script_prints_a_table(tmp_path, capsys):
+    # a run folder whose one checkpoint is the packaged model
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "step-5").symlink_to(synthetic_model_path())
+    spec = importlib.util.spec_from_file_location("synthetic_probe_curve", ROOT / "scripts" / "synthetic_probe_curve.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    csv = tmp_path / "curve.csv"
+    assert script.main([str(tmp_path / "run"), "--scenes", "1", "--csv", str(csv)]) == 0
+    table = capsys.readouterr().out
+    assert "| run | step |" in table and "| run | 5 |" in table and "control_t500" in table
+    assert csv.read_text().splitlines()[1].startswith("run,5,")
