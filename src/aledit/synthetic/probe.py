@@ -107,6 +107,28 @@ def _latent(pipe, image: np.ndarray) -> torch.Tensor:
     return pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
 
 
+def _decode(pipe, latent: torch.Tensor) -> torch.Tensor:
+    """``float [H, W, 3]`` in [0, 255] of a ``[1, C, h, w]`` scaled latent."""
+    image = pipe.vae.decode(latent / pipe.vae.config.scaling_factor).sample.clamp(-1, 1)
+    return (image[0].permute(1, 2, 0) + 1) * 127.5
+
+
+def _recolour_case(pipe, rng: np.random.Generator):
+    """A 1-object scene, another colour for its object and the embedding ``[1, L, D]`` of the
+    object's full phrase in that colour: the case of both re-colouring figures."""
+    scene = random_scene(rng, 1)
+    obj = scene.objects[0]
+    color = str(rng.choice([c for c in COLORS if c != obj.color]))
+    caption = FULL_TEMPLATE.format(color=color, shape=obj.shape, material=obj.material)
+    return scene, color, encode_prompts(pipe.text_encoder, pipe.tokenizer, [caption])
+
+
+def _guided_eps(pipe, x: torch.Tensor, t: torch.Tensor, uncond: torch.Tensor, cond: torch.Tensor, guidance: float) -> torch.Tensor:
+    """Classifier-free guided noise prediction ``[1, C, h, w]`` at the 0-d timestep ``t``."""
+    eps_u, eps_c = pipe.unet(torch.cat([x, x]), torch.stack([t, t]), encoder_hidden_states=torch.cat([uncond, cond])).sample.chunk(2)
+    return eps_u + guidance * (eps_c - eps_u)
+
+
 @torch.no_grad()
 def attention_figures(pipe, config: ProbeConfig = ProbeConfig()) -> dict[int, dict[str, float]]:
     """``{t: {"bos_mass", "word_mass", "eos_mass", "own_mask_ratio", "other_mask_ratio"}}``
@@ -167,24 +189,18 @@ def recolour_figures(pipe, config: ProbeConfig = ProbeConfig()) -> dict[str, flo
     uncond = encode_prompts(pipe.text_encoder, pipe.tokenizer, [""])
     shares, colour_shares = [], []
     for n in range(config.scenes):
-        scene = random_scene(rng, 1)
-        obj = scene.objects[0]
-        color = str(rng.choice([c for c in COLORS if c != obj.color]))
-        caption = FULL_TEMPLATE.format(color=color, shape=obj.shape, material=obj.material)
-        cond = encode_prompts(pipe.text_encoder, pipe.tokenizer, [caption])
+        scene, color, cond = _recolour_case(pipe, rng)
         latent = _latent(pipe, scene.image)
         noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(config.seed * 1000 + 500 + n))
         x = pipe.scheduler.add_noise(latent, noise, timesteps[:1])
         for i in range(config.recolour_steps):
             t = timesteps[i]
-            eps_u, eps_c = pipe.unet(torch.cat([x, x]), torch.stack([t, t]), encoder_hidden_states=torch.cat([uncond, cond])).sample.chunk(2)
-            eps = eps_u + config.recolour_guidance * (eps_c - eps_u)
+            eps = _guided_eps(pipe, x, t, uncond, cond, config.recolour_guidance)
             a_t = alphas[t]
             a_next = alphas[timesteps[i + 1]] if i + 1 < config.recolour_steps else torch.tensor(1.0)
             x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
             x = a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps
-        image = pipe.vae.decode(x / pipe.vae.config.scaling_factor).sample.clamp(-1, 1)
-        image = ((image[0].permute(1, 2, 0) + 1) * 127.5).round().to(torch.uint8).numpy()
+        image = _decode(pipe, x).round().to(torch.uint8).numpy()
         classes = classify_pixels(image, scene.background)
         mask = scene.masks[0]
         target = COLOR_NAMES.index(color)
@@ -204,20 +220,15 @@ def caption_control(pipe, config: ProbeConfig = ProbeConfig()) -> dict[int, floa
     uncond = encode_prompts(pipe.text_encoder, pipe.tokenizer, [""])
     hits = {t: [] for t in config.control_timesteps}
     for n in range(config.scenes):
-        scene = random_scene(rng, 1)
-        obj = scene.objects[0]
-        color = str(rng.choice([c for c in COLORS if c != obj.color]))
-        cond = encode_prompts(pipe.text_encoder, pipe.tokenizer, [FULL_TEMPLATE.format(color=color, shape=obj.shape, material=obj.material)])
+        scene, color, cond = _recolour_case(pipe, rng)
         latent = _latent(pipe, scene.image)
         noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(config.seed * 1000 + 900 + n))
         for t in config.control_timesteps:
             tt = torch.tensor([t])
             x = pipe.scheduler.add_noise(latent, noise, tt)
-            eps_u, eps_c = pipe.unet(torch.cat([x, x]), torch.cat([tt, tt]), encoder_hidden_states=torch.cat([uncond, cond])).sample.chunk(2)
-            eps = eps_u + config.control_guidance * (eps_c - eps_u)
+            eps = _guided_eps(pipe, x, tt[0], uncond, cond, config.control_guidance)
             x0 = (x - (1 - alphas[t]).sqrt() * eps) / alphas[t].sqrt()
-            image = pipe.vae.decode(x0 / pipe.vae.config.scaling_factor).sample.clamp(-1, 1)
-            mean = ((image[0].permute(1, 2, 0) + 1) * 127.5).numpy()[scene.masks[0]].mean(0)
+            mean = _decode(pipe, x0).numpy()[scene.masks[0]].mean(0)
             nearest = min(tones, key=lambda nt: float(((nt[1] - mean) ** 2).sum()))[0]
             hits[t].append(float(nearest == color))
     return {t: float(np.mean(v)) for t, v in hits.items()}
