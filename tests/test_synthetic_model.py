@@ -252,7 +252,7 @@ def test_bench_cli_registration(synthetic_pipe, tmp_path, monkeypatch, capsys):
     register_bench(parser.add_subparsers(dest="command"))
     out = tmp_path / "bench"
     args = parser.parse_args(
-        ["synthetic", "--edits", "2", "--steps", "2", "--configs", "naive,ALE", "--out", str(out)]
+        ["synthetic", "--edits", "2", "--steps", "2", "--configs", "naive,ALE", "--source-guidance", "3", "--out", str(out)]
     )
     monkeypatch.setattr(ALEEditPipeline, "from_pretrained", classmethod(lambda cls, *a, **k: synthetic_pipe))
     assert args.run(args) == 0
@@ -260,6 +260,7 @@ def test_bench_cli_registration(synthetic_pipe, tmp_path, monkeypatch, capsys):
         assert (out / name).is_file()
     assert len((out / "records.jsonl").read_text().splitlines()) == 4
     assert "| ALE |" in capsys.readouterr().out
+    assert "target guidance 8.0, source guidance 3.0," in (out / "synthetic_bench.md").read_text()
 
 
 def test_missing_model_folder_is_a_one_line_error(tmp_path, capsys):

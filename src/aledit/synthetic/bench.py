@@ -369,7 +369,8 @@ class SyntheticBenchResult:
                 "each run with every configuration on the same noise; exact pixel scores "
                 "(`aledit.synthetic.score_edit`); mean [95% percentile-bootstrap CI: `scipy.stats.bootstrap`, "
                 f"{N_RESAMPLES:,} resamples, seed {SEED}]. "
-                f"Engine: steps {s.steps}, eta {s.eta}, target guidance {s.target_guidance}, size {s.size}, "
+                f"Engine: steps {s.steps}, eta {s.eta}, target guidance {s.target_guidance}, "
+                f"source guidance {s.source_guidance}, size {s.size}, "
                 f"mask dilation {s.dilation_ratio}; exact scene masks {masks}."
                 + (f" {self.seconds:.0f} s." if self.seconds else "")
             ),
@@ -483,6 +484,11 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--eta", type=float, default=SYNTHETIC_EDIT_SETTINGS.eta)
     p.add_argument("--target-guidance", type=float, default=SYNTHETIC_EDIT_SETTINGS.target_guidance)
     p.add_argument(
+        "--source-guidance", type=float, default=SYNTHETIC_EDIT_SETTINGS.source_guidance,
+        help="guidance of the source branch of the virtual-inversion methods (ale, infedit; default "
+        f"{SYNTHETIC_EDIT_SETTINGS.source_guidance:g})",
+    )
+    p.add_argument(
         "--configs", "--methods", dest="configs", default=",".join(ABLATION_SWITCHES),
         help="comma-separated ALE ablations (" + ", ".join(ABLATION_SWITCHES) + ") and/or methods (ale, p2p, "
         "masactrl, fpe, infedit, ...); default: the ALE ablation",
@@ -506,7 +512,9 @@ def _run_bench(args) -> int:
             resolve_config(config)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    settings = SYNTHETIC_EDIT_SETTINGS.replace(steps=args.steps, eta=args.eta, target_guidance=args.target_guidance)
+    settings = SYNTHETIC_EDIT_SETTINGS.replace(
+        steps=args.steps, eta=args.eta, target_guidance=args.target_guidance, source_guidance=args.source_guidance
+    )
     model = args.model or str(synthetic_model_path())
     check_model_arg(model)
     try:
