@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import math
@@ -34,6 +33,7 @@ from aledit.synthetic.train import (
     train,
     training_caption,
     training_caption_phrases,
+    main as train_main,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -234,6 +234,42 @@ def test_recipes_and_flags():
             TrainConfig(latent_scale=bad)
     with pytest.raises(ValueError, match="separation_grounding_weight"):
         TrainConfig(separation_grounding_weight=-0.1)
+
+
+@pytest.mark.parametrize(
+    "flag,values",
+    [
+        ("--steps", ["0", "-1"]),
+        ("--batch-size", ["0"]),
+        ("--threads", ["0"]),
+        ("--seed", ["-1", str(2**63)]),
+        ("--lr", ["nan", "inf", "0", "-1"]),
+        ("--warmup-steps", ["-2"]),
+        ("--ema-decay", ["1", "-0.1", "nan"]),
+        ("--latent-scale", ["0", "nan"]),
+        ("--token-grounding", ["-1", "nan"]),
+        ("--grounding-max-t", ["0", "1001"]),
+        ("--unet-channels", ["32,x", "32,0", "20,40"]),
+        ("--checkpoint-every", ["-1"]),
+    ],
+)
+def test_training_flags_fail_in_one_line_before_training(tmp_path, capsys, flag, values):
+    out = tmp_path / "model"
+    for value in values:
+        with pytest.raises(SystemExit) as exit_info:
+            train_main(["--out", str(out), f"{flag}={value}"])
+        assert exit_info.value.code == 2, (flag, value)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("train_synthetic: error:"), (flag, value, err)
+    assert not out.exists()
+
+
+def test_training_refuses_a_file_as_output(tmp_path, capsys):
+    path = tmp_path / "model.bin"
+    path.write_text("x")
+    with pytest.raises(SystemExit):
+        train_main(["--out", str(path), "--steps", "1"])
+    assert "is a file, not a folder" in capsys.readouterr().err and path.read_text() == "x"
 
 
 # ------------------------------------------------------------------------------------------

@@ -57,7 +57,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..commands import SEED_MAX
+from ..io import check_output_dir
 from ..prompts import join_phrases
+from ..validation import check_number
 from .grounding import (
     CrossAttentionRecorder,
     pixel_grounding_loss,
@@ -176,6 +179,35 @@ class TrainConfig:
     threads: int = 2
 
     def __post_init__(self):
+        # every number a flag can set is checked here, before anything is built or trained
+        check_number("seed", self.seed, 0, None, integer=True)
+        if self.seed > SEED_MAX:
+            raise ValueError(f"seed must be in [0, 2**63 - 1], got {self.seed}")
+        check_number("image_size", self.image_size, 16, None, integer=True)
+        for name in ("steps", "batch_size", "threads", "latent_channels", "text_hidden_size", "text_layers",
+                     "text_heads", "text_intermediate_size", "max_length", "unet_heads"):
+            check_number(name, getattr(self, name), 1, None, integer=True)
+        check_number("warmup_steps", self.warmup_steps, 0, None, integer=True)
+        for name in ("lr", "grad_clip"):
+            check_number(name, getattr(self, name), 0.0, None)
+            if getattr(self, name) == 0:
+                raise ValueError(f"{name} must be > 0, got 0")
+        check_number("min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
+        check_number("weight_decay", self.weight_decay, 0.0, None)
+        check_number("ema_decay", self.ema_decay, 0.0, 1.0)
+        if self.ema_decay == 1:
+            raise ValueError("ema_decay must be below 1 (at 1 the saved average never moves), got 1")
+        check_number("min_snr_gamma", self.min_snr_gamma, 0.0, None)
+        check_number("grounding_max_timestep", self.grounding_max_timestep, 1, 1000, integer=True)
+        for name in ("vae_channels", "unet_channels"):
+            channels = tuple(getattr(self, name))
+            if not channels or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in channels):
+                raise ValueError(f"{name} must be positive integers, got {channels}")
+        if any(c % 8 or c % self.unet_heads for c in self.unet_channels):
+            # GroupNorm's 8 groups and the attention heads split every level's channels
+            raise ValueError(
+                f"unet_channels must be multiples of 8 and of unet_heads ({self.unet_heads}), got {tuple(self.unet_channels)}"
+            )
         if len(self.vae_channels) < 1:
             raise ValueError("vae_channels needs at least one level")
         if len(self.n_objects_weights) != 3 or min(self.n_objects_weights) < 0 or sum(self.n_objects_weights) <= 0:
@@ -192,8 +224,6 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
         if not (math.isfinite(self.latent_scale) and 0 < self.latent_scale <= 10):
             raise ValueError(f"latent_scale must be in (0, 10], got {self.latent_scale}")
-        if not 0 < self.grounding_max_timestep <= 1000:
-            raise ValueError(f"grounding_max_timestep must be in (0, 1000], got {self.grounding_max_timestep}")
         object.__setattr__(self, "vae_channels", tuple(self.vae_channels))
         object.__setattr__(self, "unet_channels", tuple(self.unet_channels))
 
@@ -798,7 +828,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The recipe named by ``args.recipe`` with the fields given as flags replaced."""
     changes = {field: getattr(args, flag) for flag, field in _FLAGS.items() if getattr(args, flag) is not None}
     if args.unet_channels is not None:
-        changes["unet_channels"] = tuple(int(c) for c in args.unet_channels.split(","))
+        try:
+            changes["unet_channels"] = tuple(int(c) for c in args.unet_channels.split(","))
+        except ValueError:
+            raise ValueError(f"--unet-channels must be comma-separated integers, got {args.unet_channels!r}") from None
     return dataclasses.replace(RECIPES[args.recipe], **changes)
 
 
@@ -809,6 +842,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = config_from_args(args)
     except ValueError as e:
+        build_parser().error(str(e))
+    try:
+        check_output_dir(args.out)
+    except OSError as e:
         build_parser().error(str(e))
     if args.init is not None and not os.path.isfile(os.path.join(args.init, "model_index.json")):
         build_parser().error(f"--init {args.init} is not a saved pipeline (no model_index.json)")
