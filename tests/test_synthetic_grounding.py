@@ -333,3 +333,38 @@ def test_probe_curve_script_prints_a_table(tmp_path, capsys):
     table = capsys.readouterr().out
     assert "| run | step |" in table and "| run | 5 |" in table and "control_t500" in table
     assert csv.read_text().splitlines()[1].startswith("run,5,")
+
+
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_edit_grid_script_shows_the_bench_edits(tmp_path, capsys):
+    from PIL import Image
+
+    from aledit.synthetic.bench import bench_cases, edit_case
+    from aledit.synthetic.model import SYNTHETIC_EDIT_SETTINGS
+
+    script = _load_script("synthetic_edit_grid")
+    out = tmp_path / "grid.png"
+    argv = ["--model", "v1=synthetic-tiny", "--cases", "3", "--configs", "ALE", "--source-guidance", "1,8"]
+    assert script.main([*argv, "--scale", "1", "--out", str(out)]) == 0
+    grid = np.asarray(Image.open(out).convert("RGB"))
+    # 120 px of labels, then source | ALE (guidance 1) | ALE (guidance 8) | ideal, 64 px + 4 px each
+    assert grid.shape == (24 + 68, 120 + 4 * 68, 3)
+    case = bench_cases(4, 0)[3]
+    pipe = ALEEditPipeline.from_pretrained(synthetic_model_path())
+    expected = edit_case(pipe, case, "ALE", SYNTHETIC_EDIT_SETTINGS)
+    assert np.array_equal(grid[24:88, 120:184], case.scene.image)
+    assert np.array_equal(grid[24:88, 188:252], expected)
+    assert np.array_equal(grid[24:88, 324:388], case.ideal.image)
+    # bad input: one line, nothing written
+    capsys.readouterr()
+    for bad in (["--cases", "-1"], ["--source-guidance", "nan"], ["--configs", "magic"], ["--model", "x=/nope"]):
+        assert script.main([*argv, *bad, "--out", str(tmp_path / "bad.png")]) == 2
+        assert capsys.readouterr().err.startswith("synthetic_edit_grid: error:")
+    assert script.main([*argv, "--out", str(tmp_path)]) == 2
+    assert not (tmp_path / "bad.png").exists()
