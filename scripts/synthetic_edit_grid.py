@@ -85,7 +85,7 @@ def edit_grid(models, cases, configs, guidance, seed: int = 0, scale: int = 2) -
     from aledit.pipeline import ALEEditPipeline
 
     bench = bench_cases(max(cases) + 1, seed)
-    columns = [(f"{c}" + (f", source guidance {g:g}" if len(guidance) > 1 else ""), c,
+    columns = [(f"{c}" + (f"\nsource guidance {g:g}" if len(guidance) > 1 else ""), c,
                 SYNTHETIC_EDIT_SETTINGS.replace(source_guidance=g)) for g in guidance for c in configs]
     rows = []
     for label, folder in models:
@@ -95,12 +95,12 @@ def edit_grid(models, cases, configs, guidance, seed: int = 0, scale: int = 2) -
             case = bench[i]
             images = [case.scene.image] + [edit_case(pipe, case, c, s) for _, c, s in columns] + [case.ideal.image]
             rows.append((f"{label}\ncase {i}: {case.edit_type.value}", images))
-    side, pad, label_w, head_h = 64 * scale, 4, 120, 24
+    side, pad, label_w, head_h = 64 * scale, 4, 120, 32
     titles = ["source"] + [t for t, _, _ in columns] + ["ideal edit"]
     canvas = Image.new("RGB", (label_w + len(titles) * (side + pad), head_h + len(rows) * (side + pad)), "white")
     draw = ImageDraw.Draw(canvas)
     for j, title in enumerate(titles):
-        draw.text((label_w + j * (side + pad) + 2, 6), title, fill="black", font=_font(11))
+        draw.multiline_text((label_w + j * (side + pad) + 2, 3), title, fill="black", font=_font(11))
     for r, (label, images) in enumerate(rows):
         y = head_h + r * (side + pad)
         draw.multiline_text((4, y + side // 2 - 12), label, fill="black", font=_font(11))

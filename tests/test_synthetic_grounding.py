@@ -354,13 +354,13 @@ def test_edit_grid_script_shows_the_bench_edits(tmp_path, capsys):
     assert script.main([*argv, "--scale", "1", "--out", str(out)]) == 0
     grid = np.asarray(Image.open(out).convert("RGB"))
     # 120 px of labels, then source | ALE (guidance 1) | ALE (guidance 8) | ideal, 64 px + 4 px each
-    assert grid.shape == (24 + 68, 120 + 4 * 68, 3)
+    assert grid.shape == (32 + 68, 120 + 4 * 68, 3)
     case = bench_cases(4, 0)[3]
     pipe = ALEEditPipeline.from_pretrained(synthetic_model_path())
     expected = edit_case(pipe, case, "ALE", SYNTHETIC_EDIT_SETTINGS)
-    assert np.array_equal(grid[24:88, 120:184], case.scene.image)
-    assert np.array_equal(grid[24:88, 188:252], expected)
-    assert np.array_equal(grid[24:88, 324:388], case.ideal.image)
+    assert np.array_equal(grid[32:96, 120:184], case.scene.image)
+    assert np.array_equal(grid[32:96, 188:252], expected)
+    assert np.array_equal(grid[32:96, 324:388], case.ideal.image)
     # bad input: one line, nothing written
     capsys.readouterr()
     for bad in (["--cases", "-1"], ["--source-guidance", "nan"], ["--configs", "magic"], ["--model", "x=/nope"]):
