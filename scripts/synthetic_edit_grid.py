@@ -16,7 +16,7 @@ import sys
 import numpy as np
 from PIL import Image, ImageDraw
 
-from aledit.commands import UsageError
+from aledit.commands import UsageError, check_args as check_numbers
 from aledit.io import save_image_atomic
 from aledit.synthetic.bench import bench_cases, edit_case, resolve_config
 from aledit.synthetic.model import SYNTHETIC_EDIT_SETTINGS, synthetic_model_path
@@ -62,8 +62,7 @@ def check_args(args: argparse.Namespace) -> tuple[list[tuple[str, str]], list[in
     cases = _numbers(args.cases, "--cases", int)
     if max(cases) >= 10_000:
         raise UsageError(f"--cases are benchmark indices below 10000, got {max(cases)}")
-    if args.seed < 0:
-        raise UsageError(f"--seed must be >= 0, got {args.seed}")
+    check_numbers(argparse.Namespace(seed=args.seed))  # the CLI's seed rule (the other options are lists)
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     if not configs:
         raise UsageError("--configs is empty")

@@ -276,11 +276,15 @@ def test_training_refuses_a_file_as_output(tmp_path, capsys):
 # probe
 
 
-def _load_probe_script():
-    spec = importlib.util.spec_from_file_location("synthetic_attention_probe", ROOT / "scripts" / "synthetic_attention_probe.py")
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _load_probe_script():
+    return _load_script("synthetic_attention_probe")
 
 
 def test_probe_json_on_the_packaged_model(capsys):
@@ -325,21 +329,12 @@ def test_probe_curve_script_prints_a_table(tmp_path, capsys):
     # a run folder whose one checkpoint is the packaged model
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
     (tmp_path / "run" / "checkpoints" / "step-5").symlink_to(synthetic_model_path())
-    spec = importlib.util.spec_from_file_location("synthetic_probe_curve", ROOT / "scripts" / "synthetic_probe_curve.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = _load_script("synthetic_probe_curve")
     csv = tmp_path / "curve.csv"
     assert script.main([str(tmp_path / "run"), "--scenes", "1", "--csv", str(csv)]) == 0
     table = capsys.readouterr().out
     assert "| run | step |" in table and "| run | 5 |" in table and "control_t500" in table
     assert csv.read_text().splitlines()[1].startswith("run,5,")
-
-
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_edit_grid_script_shows_the_bench_edits(tmp_path, capsys):

@@ -193,11 +193,12 @@ class TrainConfig:
             if getattr(self, name) == 0:
                 raise ValueError(f"{name} must be > 0, got 0")
         check_number("min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
-        check_number("weight_decay", self.weight_decay, 0.0, None)
+        for name in ("weight_decay", "min_snr_gamma", "token_grounding_weight", "pixel_grounding_weight",
+                     "separation_grounding_weight"):
+            check_number(name, getattr(self, name), 0.0, None)
         check_number("ema_decay", self.ema_decay, 0.0, 1.0)
         if self.ema_decay == 1:
             raise ValueError("ema_decay must be below 1 (at 1 the saved average never moves), got 1")
-        check_number("min_snr_gamma", self.min_snr_gamma, 0.0, None)
         check_number("grounding_max_timestep", self.grounding_max_timestep, 1, 1000, integer=True)
         for name in ("vae_channels", "unet_channels"):
             channels = tuple(getattr(self, name))
@@ -208,8 +209,6 @@ class TrainConfig:
             raise ValueError(
                 f"unet_channels must be multiples of 8 and of unet_heads ({self.unet_heads}), got {tuple(self.unet_channels)}"
             )
-        if len(self.vae_channels) < 1:
-            raise ValueError("vae_channels needs at least one level")
         if len(self.n_objects_weights) != 3 or min(self.n_objects_weights) < 0 or sum(self.n_objects_weights) <= 0:
             raise ValueError(f"n_objects_weights must be 3 non-negative weights, got {self.n_objects_weights}")
         if len(self.phrase_form_weights) != len(PHRASE_FORMS) or sum(self.phrase_form_weights) <= 0:
@@ -219,9 +218,6 @@ class TrainConfig:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.caption_order not in CAPTION_ORDERS:
             raise ValueError(f"caption_order must be one of {', '.join(CAPTION_ORDERS)}, got {self.caption_order!r}")
-        for name in ("token_grounding_weight", "pixel_grounding_weight", "separation_grounding_weight"):
-            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
         if not (math.isfinite(self.latent_scale) and 0 < self.latent_scale <= 10):
             raise ValueError(f"latent_scale must be in (0, 10], got {self.latent_scale}")
         object.__setattr__(self, "vae_channels", tuple(self.vae_channels))
