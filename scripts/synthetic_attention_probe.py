@@ -9,7 +9,8 @@ noise by a caption with another colour. With ``--json`` the last line is one JSO
 ``own_mask_ratio``, ``other_mask_ratio`` (t = 500), ``own_other_ratio``, ``bos_mass``,
 ``word_mass``, ``eos_mass``, ``recolour_success``, ``recolour_colour_share``, ``by_timestep``,
 ``caption_control`` (per noise level, the share of scenes whose one-step prediction takes the
-caption's new colour), ``scenes``.
+caption's new colour), ``shape_control`` (per noise level, the mean IoU gain of the new shape
+over the source's when the caption names another shape), ``scenes``.
 
     python scripts/synthetic_attention_probe.py [MODEL_DIR] [--scenes 16] [--json]
 """
@@ -51,6 +52,7 @@ def main(argv=None) -> int:
     for t, f in result["by_timestep"].items():
         logger.info("t=%s: %s", t, {k: round(v, 3) for k, v in f.items()})
     logger.info("caption control (share of scenes re-coloured by the caption, per t): %s", result["caption_control"])
+    logger.info("shape control (IoU(new shape) - IoU(source shape) of one-step predictions, per t): %s", {t: round(v, 3) for t, v in result["shape_control"].items()})
     logger.info("headline (t=%s, %d scenes): %s", result["probed_at"], result["scenes"], {k: round(result[k], 3) for k in PROBE_KEYS})
     if args.json:
         print(json.dumps(result))

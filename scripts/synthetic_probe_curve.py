@@ -72,6 +72,7 @@ def main(argv=None) -> int:
                     step = json.load(f)["config"]["steps"]
             row = {"run": name, "step": step, "seconds": _seconds(path), **{k: round(result[k], 3) for k in PROBE_KEYS}}
             row.update({f"control_t{t}": v for t, v in result["caption_control"].items()})
+            row.update({f"shape_t{t}": round(v, 3) for t, v in result["shape_control"].items()})
             logger.info("%s", row)
             rows.append(row)
     frame = pd.DataFrame(rows)

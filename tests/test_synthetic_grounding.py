@@ -6,6 +6,7 @@ import importlib.util
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -301,6 +302,30 @@ def test_probe_json_on_the_packaged_model(capsys):
     assert result["own_other_ratio"] == pytest.approx(result["own_mask_ratio"] / result["other_mask_ratio"])
     assert set(result["caption_control"]) == {str(t) for t in ProbeConfig().control_timesteps}
     assert all(v in (0.0, 1.0) for v in result["caption_control"].values())  # 1 scene: a hit or not
+    assert set(result["shape_control"]) == {str(t) for t in ProbeConfig().control_timesteps}
+    assert all(-1.0 <= v <= 1.0 for v in result["shape_control"].values())
+
+
+def test_shape_control_of_a_model_that_keeps_the_source(monkeypatch):
+    # known answer: a "model" whose one-step prediction is the source image itself keeps the
+    # source shape exactly, so each scene scores IoU(new, source) - 1 at every t
+    import aledit.synthetic.probe as probe
+    from aledit.synthetic.scenes import SHAPES, random_scene, shape_mask
+
+    monkeypatch.setattr(probe, "_latent", lambda pipe, image: torch.from_numpy(np.array(image, dtype=np.float32)))
+    monkeypatch.setattr(probe, "_one_step_image", lambda pipe, latent, *args: latent)
+    monkeypatch.setattr(probe, "encode_prompts", lambda *args: None)
+    config = ProbeConfig(scenes=3, control_timesteps=(900, 300))
+    rng = np.random.default_rng(config.seed + 17)  # the probe's draws, replayed
+    expected = []
+    for _ in range(config.scenes):
+        obj = random_scene(rng, 1).objects[0]
+        shape = str(rng.choice([s for s in SHAPES if s != obj.shape]))
+        a, b = (shape_mask(s, obj.center, obj.size, 64, 64) for s in (obj.shape, shape))
+        expected.append((a & b).sum() / (a | b).sum() - 1.0)
+    result = probe.shape_control(SimpleNamespace(text_encoder=None, tokenizer=None), config)
+    assert result == {900: pytest.approx(np.mean(expected)), 300: pytest.approx(np.mean(expected))}
+    assert result[900] < 0
 
 
 def test_probe_is_deterministic_and_leaves_processors():

@@ -33,6 +33,15 @@ phrase with another colour); the figure per timestep is the share of scenes whos
 colour inside the object's mask is nearest (base or shade tone) the new colour. A model whose
 captions only act at t >= 800 can re-colour from pure noise but not in an edit that starts from
 an inverted latent at a lower noise level.
+
+Shape control (:func:`shape_control`): can a caption redraw an object as another *shape* in
+place, the object edits of the synthetic benchmark? 1-object scenes are noised to each of
+``control_timesteps`` and predicted in one step as above, with the caption naming another shape
+(same colour and material); the pixels of the prediction in the object's colour
+(:func:`~aledit.synthetic.classify_pixels`) are compared with the new shape's and the source
+shape's silhouettes at the object's centre and size. The figure per timestep is the mean of
+``IoU(new) - IoU(source)``: positive when the prediction takes the named shape, negative when it
+keeps the source's, about 0 when it is neither (a blob at high noise).
 """
 
 from __future__ import annotations
@@ -49,9 +58,9 @@ from ..validation import check_number
 from ..attention.install import is_cross_attention
 from .grounding import CrossAttentionRecorder, region_masks_at
 from .metrics import COLOR_NAMES, classify_pixels
-from .scenes import COLORS, FULL_TEMPLATE, random_scene
+from .scenes import COLORS, FULL_TEMPLATE, SHAPES, random_scene, shape_mask
 
-__all__ = ["PROBE_KEYS", "ProbeConfig", "attention_figures", "caption_control", "recolour_figures", "recolour_success", "run_probe"]
+__all__ = ["PROBE_KEYS", "ProbeConfig", "attention_figures", "caption_control", "recolour_figures", "recolour_success", "run_probe", "shape_control"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,9 +85,9 @@ class ProbeConfig:
         timesteps: noise levels of the attention probe; 500 gives the headline ratios.
         recolour_steps: DDIM steps of the re-colouring.
         recolour_guidance: classifier-free guidance of the re-colouring.
-        control_timesteps: noise levels of :func:`caption_control`.
-        control_guidance: classifier-free guidance of :func:`caption_control` (the synthetic
-            edits' target guidance).
+        control_timesteps: noise levels of :func:`caption_control` and :func:`shape_control`.
+        control_guidance: classifier-free guidance of both (the synthetic edits' target
+            guidance).
         seed: seeds scenes, colours and noise.
     """
 
@@ -127,6 +136,16 @@ def _guided_eps(pipe, x: torch.Tensor, t: torch.Tensor, uncond: torch.Tensor, co
     """Classifier-free guided noise prediction ``[1, C, h, w]`` at the 0-d timestep ``t``."""
     eps_u, eps_c = pipe.unet(torch.cat([x, x]), torch.stack([t, t]), encoder_hidden_states=torch.cat([uncond, cond])).sample.chunk(2)
     return eps_u + guidance * (eps_c - eps_u)
+
+
+def _one_step_image(pipe, latent: torch.Tensor, noise: torch.Tensor, t: int, uncond: torch.Tensor, cond: torch.Tensor, guidance: float) -> torch.Tensor:
+    """``float [H, W, 3]``: the clean image predicted in one guided step from ``latent`` noised to
+    ``t`` with ``noise`` (both ``[1, C, h, w]``)."""
+    alpha = pipe.scheduler.alphas_cumprod[t].float()
+    tt = torch.tensor([t])
+    x = pipe.scheduler.add_noise(latent, noise, tt)
+    eps = _guided_eps(pipe, x, tt[0], uncond, cond, guidance)
+    return _decode(pipe, (x - (1 - alpha).sqrt() * eps) / alpha.sqrt())
 
 
 @torch.no_grad()
@@ -214,7 +233,6 @@ def recolour_figures(pipe, config: ProbeConfig = ProbeConfig()) -> dict[str, flo
 def caption_control(pipe, config: ProbeConfig = ProbeConfig()) -> dict[int, float]:
     """``{t: share of scenes whose one-step prediction takes the caption's new colour}`` for
     ``config.control_timesteps`` (see the module docstring)."""
-    alphas = pipe.scheduler.alphas_cumprod.float()
     tones = [(name, np.array(tone, dtype=np.float32)) for name, pair in COLORS.items() for tone in pair]
     rng = np.random.default_rng(config.seed + 13)
     uncond = encode_prompts(pipe.text_encoder, pipe.tokenizer, [""])
@@ -224,20 +242,47 @@ def caption_control(pipe, config: ProbeConfig = ProbeConfig()) -> dict[int, floa
         latent = _latent(pipe, scene.image)
         noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(config.seed * 1000 + 900 + n))
         for t in config.control_timesteps:
-            tt = torch.tensor([t])
-            x = pipe.scheduler.add_noise(latent, noise, tt)
-            eps = _guided_eps(pipe, x, tt[0], uncond, cond, config.control_guidance)
-            x0 = (x - (1 - alphas[t]).sqrt() * eps) / alphas[t].sqrt()
-            mean = _decode(pipe, x0).numpy()[scene.masks[0]].mean(0)
+            image = _one_step_image(pipe, latent, noise, t, uncond, cond, config.control_guidance)
+            mean = image.numpy()[scene.masks[0]].mean(0)
             nearest = min(tones, key=lambda nt: float(((nt[1] - mean) ** 2).sum()))[0]
             hits[t].append(float(nearest == color))
     return {t: float(np.mean(v)) for t, v in hits.items()}
 
 
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max((a | b).sum(), 1))
+
+
+@torch.no_grad()
+def shape_control(pipe, config: ProbeConfig = ProbeConfig()) -> dict[int, float]:
+    """``{t: mean IoU(new shape) - IoU(source shape)}`` of the object-coloured pixels of one-step
+    predictions with a caption naming another shape, for ``config.control_timesteps`` (see the
+    module docstring); in [-1, 1]."""
+    rng = np.random.default_rng(config.seed + 17)
+    uncond = encode_prompts(pipe.text_encoder, pipe.tokenizer, [""])
+    gains = {t: [] for t in config.control_timesteps}
+    for n in range(config.scenes):
+        scene = random_scene(rng, 1)
+        obj = scene.objects[0]
+        shape = str(rng.choice([s for s in SHAPES if s != obj.shape]))
+        cond = encode_prompts(pipe.text_encoder, pipe.tokenizer, [FULL_TEMPLATE.format(color=obj.color, shape=shape, material=obj.material)])
+        height, width = scene.image.shape[:2]
+        source = shape_mask(obj.shape, obj.center, obj.size, height, width)
+        new = shape_mask(shape, obj.center, obj.size, height, width)
+        latent = _latent(pipe, scene.image)
+        noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(config.seed * 1000 + 700 + n))
+        for t in config.control_timesteps:
+            image = _one_step_image(pipe, latent, noise, t, uncond, cond, config.control_guidance)
+            coloured = classify_pixels(image.round().to(torch.uint8).numpy(), scene.background).color == COLOR_NAMES.index(obj.color)
+            gains[t].append(_iou(coloured, new) - _iou(coloured, source))
+    return {t: float(np.mean(v)) for t, v in gains.items()}
+
+
 def run_probe(pipe, config: ProbeConfig = ProbeConfig()) -> dict:
     """Every figure of the probe as one JSON-ready dict: :data:`PROBE_KEYS` (ratios at t = 500,
     or at the probed timestep nearest to it; masses averaged over timesteps), ``by_timestep``,
-    ``caption_control`` (``{str(t): share}``), ``scenes`` and ``probed_at``."""
+    ``caption_control`` (``{str(t): share}``), ``shape_control`` (``{str(t): IoU gain}``),
+    ``scenes`` and ``probed_at``."""
     by_t = attention_figures(pipe, config)
     headline_t = min(config.timesteps, key=lambda t: abs(t - 500))
     head = by_t[headline_t]
@@ -250,6 +295,7 @@ def run_probe(pipe, config: ProbeConfig = ProbeConfig()) -> dict:
         result[key] = float(np.mean([f[key] for f in by_t.values()]))
     result.update(recolour_figures(pipe, config))
     result["caption_control"] = {str(t): v for t, v in caption_control(pipe, config).items()}
+    result["shape_control"] = {str(t): v for t, v in shape_control(pipe, config).items()}
     result["probed_at"] = headline_t
     result["scenes"] = config.scenes
     result["by_timestep"] = {str(t): f for t, f in by_t.items()}
