@@ -10,7 +10,8 @@ noise by a caption with another colour. With ``--json`` the last line is one JSO
 ``word_mass``, ``eos_mass``, ``recolour_success``, ``recolour_colour_share``, ``by_timestep``,
 ``caption_control`` (per noise level, the share of scenes whose one-step prediction takes the
 caption's new colour), ``shape_control`` (per noise level, the mean IoU gain of the new shape
-over the source's when the caption names another shape), ``scenes``.
+over the source's when the caption names another shape), ``shape_drawn`` (the share of
+one-object captions generated from pure noise in the shape they name; chance 1/9), ``scenes``.
 
     python scripts/synthetic_attention_probe.py [MODEL_DIR] [--scenes 16] [--json]
 """

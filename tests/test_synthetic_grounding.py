@@ -296,7 +296,7 @@ def test_probe_json_on_the_packaged_model(capsys):
         assert isinstance(result[key], float), key
     assert result["scenes"] == 1 and result["probed_at"] == 500 and set(result["by_timestep"]) == {"800", "500", "200"}
     assert result["bos_mass"] + result["word_mass"] + result["eos_mass"] == pytest.approx(1.0, abs=1e-4)
-    for key in ("bos_mass", "word_mass", "eos_mass", "recolour_success", "recolour_colour_share"):
+    for key in ("bos_mass", "word_mass", "eos_mass", "recolour_success", "recolour_colour_share", "shape_drawn"):
         assert 0.0 <= result[key] <= 1.0, key
     assert 0.0 < result["own_mask_ratio"] < 20 and 0.0 < result["other_mask_ratio"] < 20
     assert result["own_other_ratio"] == pytest.approx(result["own_mask_ratio"] / result["other_mask_ratio"])
@@ -304,6 +304,18 @@ def test_probe_json_on_the_packaged_model(capsys):
     assert all(v in (0.0, 1.0) for v in result["caption_control"].values())  # 1 scene: a hit or not
     assert set(result["shape_control"]) == {str(t) for t in ProbeConfig().control_timesteps}
     assert all(-1.0 <= v <= 1.0 for v in result["shape_control"].values())
+
+
+def test_drawn_shape_reads_rendered_scenes():
+    from aledit.synthetic.probe import drawn_shape
+    from aledit.synthetic.scenes import random_scene
+
+    rng = np.random.default_rng(3)
+    scenes = [random_scene(rng, 1) for _ in range(45)]
+    read = [drawn_shape(s.image, s.background, s.objects[0].color) for s in scenes]
+    assert np.mean([r == s.objects[0].shape for r, s in zip(read, scenes)]) >= 0.85  # 0.89: the docstring's ceiling
+    blank = np.zeros_like(scenes[0].image) + np.array(scenes[0].image[0, 0], dtype=np.uint8)
+    assert drawn_shape(blank, scenes[0].background, "red") is None  # nothing in that colour
 
 
 def test_shape_control_of_a_model_that_keeps_the_source(monkeypatch):
