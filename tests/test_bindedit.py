@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from aledit.attention import BatchLayout, EditState
-from aledit.attention.binding import BindingCrossAttentionProcessor, BindingMaps, RegionRebalance
+from aledit.attention.binding import BindingCrossAttentionProcessor, RegionRebalance
 from aledit.attention.schedule import StepWindow
 from aledit.binding import (
     cross_leakage_energy,

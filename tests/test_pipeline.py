@@ -1,12 +1,11 @@
 import json
-import os
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from aledit import ALEConfig, ALEEditPipeline, Edit
+from aledit import ALEConfig, ALEEditPipeline
 from aledit.edits import EditError, EditType
 from aledit.masks import MaskError
 from aledit.prompts import PhraseNotFoundError, PromptTooLongError

@@ -1,5 +1,4 @@
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
@@ -9,7 +8,7 @@ from aledit.attention.install import attention_processors
 from aledit.hooks import BackgroundBlend
 from aledit.masks import ObjectMasks
 from aledit.methods import ALEMethod, MethodContext
-from aledit.samplers import BranchLatents, VirtualInversionConfig, VirtualInversionSampler, virtual_inversion_step
+from aledit.samplers import VirtualInversionConfig, VirtualInversionSampler, virtual_inversion_step
 
 OFF = dict(ore=False, rgb_cam=False, background_blend=False, self_replace=0.0)
 
