@@ -19,11 +19,13 @@ one-object captions generated from pure noise in the shape they name; chance 1/9
 import argparse
 import json
 import logging
+import os
 import sys
 
 import torch
 
 from aledit.synthetic.probe import PROBE_KEYS, ProbeConfig, run_probe
+from aledit.validation import check_number
 
 logger = logging.getLogger("synthetic_attention_probe")
 
@@ -37,19 +39,23 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=ProbeConfig.seed)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on the last line")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     try:
+        check_number("threads", args.threads, 1, integer=True)
         config = ProbeConfig(
             scenes=args.scenes, recolour_steps=args.recolour_steps, recolour_guidance=args.recolour_guidance, seed=args.seed
         )
     except ValueError as e:
         parser.error(str(e))
+    if args.model != "synthetic-tiny" and not os.path.isfile(os.path.join(args.model, "model_index.json")):
+        parser.error(f"{args.model} is not a model folder (no model_index.json): give one written by train_synthetic.py, or 'synthetic-tiny'")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from aledit import ALEEditPipeline  # after the argument checks: loading takes seconds
 
     torch.set_num_threads(args.threads)
     pipe = ALEEditPipeline.from_pretrained(args.model)
-    result = run_probe(pipe, config)
+    result = run_probe(pipe, config, progress=not args.no_progress)
     for t, f in result["by_timestep"].items():
         logger.info("t=%s: %s", t, {k: round(v, 3) for k, v in f.items()})
     logger.info("caption control (share of scenes re-coloured by the caption, per t): %s", result["caption_control"])

@@ -19,6 +19,7 @@ import torch
 
 from aledit.reporting import to_markdown
 from aledit.synthetic.probe import PROBE_KEYS, ProbeConfig, run_probe
+from aledit.validation import check_number
 
 logger = logging.getLogger("synthetic_probe_curve")
 
@@ -52,21 +53,27 @@ def main(argv=None) -> int:
     parser.add_argument("--scenes", type=int, default=ProbeConfig.scenes)
     parser.add_argument("--csv", help="also write the table here")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
+    try:
+        check_number("threads", args.threads, 1, integer=True)
+        config = ProbeConfig(scenes=args.scenes)
+    except ValueError as e:
+        parser.error(str(e))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from aledit import ALEEditPipeline
 
     torch.set_num_threads(args.threads)
-    config = ProbeConfig(scenes=args.scenes)
-    rows = []
-    for run in args.runs:
-        models = _models(run)
+    found = [_models(run) for run in args.runs]  # every run checked before any model loads
+    for run, models in zip(args.runs, found):
         if not models:
             parser.error(f"{run} has neither a model nor checkpoints")
+    rows = []
+    for models in found:
         for name, step, path in models:
             pipe = ALEEditPipeline.from_pretrained(path)
             pipe.set_progress_bar_config(disable=True)
-            result = run_probe(pipe, config)
+            result = run_probe(pipe, config, progress=not args.no_progress)
             if step is None:
                 with open(os.path.join(path, "training.json")) as f:
                     step = json.load(f)["config"]["steps"]

@@ -340,12 +340,17 @@ def test_shape_control_of_a_model_that_keeps_the_source(monkeypatch):
     assert result[900] < 0
 
 
-def test_probe_is_deterministic_and_leaves_processors():
+def test_probe_is_deterministic_and_leaves_processors(capsys):
     pipe = ALEEditPipeline.from_pretrained(synthetic_model_path())
     before = {n: type(p) for n, p in pipe.unet.attn_processors.items()}
     config = ProbeConfig(scenes=1, timesteps=(500,), recolour_steps=1)
-    a, b = run_probe(pipe, config), run_probe(pipe, config)
-    assert a == b
+    capsys.readouterr()  # the loading bars
+    a = run_probe(pipe, config)
+    assert capsys.readouterr().err == ""  # no bars unless asked
+    b = run_probe(pipe, config, progress=True)
+    assert a == b  # the bars change nothing
+    err = capsys.readouterr().err
+    assert all(name in err for name in ("attention", "re-colouring", "shapes drawn", "caption control", "shape control"))
     assert {n: type(p) for n, p in pipe.unet.attn_processors.items()} == before
 
 
@@ -358,8 +363,13 @@ def test_probe_rejects_bad_settings():
         ProbeConfig(control_timesteps=(-1,))
     with pytest.raises(ValueError, match="control_guidance"):
         ProbeConfig(control_guidance=float("nan"))
-    with pytest.raises(SystemExit):
-        _load_probe_script().main(["--scenes", "0"])
+    for bad in (["--scenes", "0"], ["--threads", "0"], ["/no/such/model"]):
+        with pytest.raises(SystemExit):
+            _load_probe_script().main(bad)
+    curve = _load_script("synthetic_probe_curve")
+    for bad in (["/no/such/run"], [str(synthetic_model_path()), "--scenes", "-1"], [str(synthetic_model_path()), "--threads", "0"]):
+        with pytest.raises(SystemExit):  # argparse's one-line error, before any model loads
+            curve.main(bad)
 
 
 def test_probe_curve_script_prints_a_table(tmp_path, capsys):

@@ -59,6 +59,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..ore import encode_prompts
 from ..prompts import layout_prompt
@@ -121,6 +122,11 @@ class ProbeConfig:
             object.__setattr__(self, field, values)
 
 
+def _scenes(config: ProbeConfig, desc: str, progress: bool):
+    # one bar per figure: a probe of many scenes runs for minutes to hours
+    return tqdm(range(config.scenes), desc=desc, disable=not progress, leave=False)
+
+
 def _latent(pipe, image: np.ndarray) -> torch.Tensor:
     pixels = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1)[None] / 127.5 - 1
     return pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
@@ -159,7 +165,7 @@ def _one_step_image(pipe, latent: torch.Tensor, noise: torch.Tensor, t: int, unc
 
 
 @torch.no_grad()
-def attention_figures(pipe, config: ProbeConfig = ProbeConfig()) -> dict[int, dict[str, float]]:
+def attention_figures(pipe, config: ProbeConfig = ProbeConfig(), progress: bool = False) -> dict[int, dict[str, float]]:
     """``{t: {"bos_mass", "word_mass", "eos_mass", "own_mask_ratio", "other_mask_ratio"}}``
     (see the module docstring). Leaves ``pipe.unet``'s attention processors as they were."""
     unet, tok = pipe.unet, pipe.tokenizer
@@ -169,7 +175,7 @@ def attention_figures(pipe, config: ProbeConfig = ProbeConfig()) -> dict[int, di
     rng = np.random.default_rng(config.seed)
     figures = {t: {k: [] for k in ("bos_mass", "word_mass", "eos_mass", "own_mask_ratio", "other_mask_ratio")} for t in config.timesteps}
     try:
-        for n in range(config.scenes):
+        for n in _scenes(config, 'attention', progress):
             scene = random_scene(rng, 2)
             layout = layout_prompt(tok, scene.caption, [o.phrase for o in scene.objects])
             eos = layout.eos_index
@@ -217,20 +223,20 @@ def _ddim_from_999(pipe, x: torch.Tensor, uncond: torch.Tensor, cond: torch.Tens
 
 
 @torch.no_grad()
-def recolour_success(pipe, config: ProbeConfig = ProbeConfig()) -> float:
+def recolour_success(pipe, config: ProbeConfig = ProbeConfig(), progress: bool = False) -> float:
     """Mean share of an object's pixels in the new colour after re-colouring from t = 999
     (see the module docstring)."""
-    return recolour_figures(pipe, config)["recolour_success"]
+    return recolour_figures(pipe, config, progress)["recolour_success"]
 
 
 @torch.no_grad()
-def recolour_figures(pipe, config: ProbeConfig = ProbeConfig()) -> dict[str, float]:
+def recolour_figures(pipe, config: ProbeConfig = ProbeConfig(), progress: bool = False) -> dict[str, float]:
     """``{"recolour_success", "recolour_colour_share"}``, means over scenes (see the module
     docstring; a scene whose output shows no object colour counts 0 in the colour share)."""
     rng = np.random.default_rng(config.seed + 7)
     uncond = encode_prompts(pipe.text_encoder, pipe.tokenizer, [""])
     shares, colour_shares = [], []
-    for n in range(config.scenes):
+    for n in _scenes(config, 're-colouring', progress):
         scene, color, cond = _recolour_case(pipe, rng)
         latent = _latent(pipe, scene.image)
         noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(config.seed * 1000 + 500 + n))
@@ -246,14 +252,14 @@ def recolour_figures(pipe, config: ProbeConfig = ProbeConfig()) -> dict[str, flo
 
 
 @torch.no_grad()
-def caption_control(pipe, config: ProbeConfig = ProbeConfig()) -> dict[int, float]:
+def caption_control(pipe, config: ProbeConfig = ProbeConfig(), progress: bool = False) -> dict[int, float]:
     """``{t: share of scenes whose one-step prediction takes the caption's new colour}`` for
     ``config.control_timesteps`` (see the module docstring)."""
     tones = [(name, np.array(tone, dtype=np.float32)) for name, pair in COLORS.items() for tone in pair]
     rng = np.random.default_rng(config.seed + 13)
     uncond = encode_prompts(pipe.text_encoder, pipe.tokenizer, [""])
     hits = {t: [] for t in config.control_timesteps}
-    for n in range(config.scenes):
+    for n in _scenes(config, 'caption control', progress):
         scene, color, cond = _recolour_case(pipe, rng)
         latent = _latent(pipe, scene.image)
         noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(config.seed * 1000 + 900 + n))
@@ -270,14 +276,14 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @torch.no_grad()
-def shape_control(pipe, config: ProbeConfig = ProbeConfig()) -> dict[int, float]:
+def shape_control(pipe, config: ProbeConfig = ProbeConfig(), progress: bool = False) -> dict[int, float]:
     """``{t: mean IoU(new shape) - IoU(source shape)}`` of the object-coloured pixels of one-step
     predictions with a caption naming another shape, for ``config.control_timesteps`` (see the
     module docstring); in [-1, 1]."""
     rng = np.random.default_rng(config.seed + 17)
     uncond = encode_prompts(pipe.text_encoder, pipe.tokenizer, [""])
     gains = {t: [] for t in config.control_timesteps}
-    for n in range(config.scenes):
+    for n in _scenes(config, 'shape control', progress):
         scene = random_scene(rng, 1)
         obj = scene.objects[0]
         shape = str(rng.choice([s for s in SHAPES if s != obj.shape]))
@@ -309,14 +315,14 @@ def drawn_shape(image: np.ndarray, background: str, color: str) -> str | None:
 
 
 @torch.no_grad()
-def shape_drawn(pipe, config: ProbeConfig = ProbeConfig()) -> float:
+def shape_drawn(pipe, config: ProbeConfig = ProbeConfig(), progress: bool = False) -> float:
     """Share of one-object captions generated from pure noise whose :func:`drawn_shape` is the
     named shape (see the module docstring; chance 1/9)."""
     rng = np.random.default_rng(config.seed + 19)
     uncond = encode_prompts(pipe.text_encoder, pipe.tokenizer, [""])
     size = pipe.unet.config.sample_size
     hits = []
-    for n in range(config.scenes):
+    for n in _scenes(config, 'shapes drawn', progress):
         shape = SHAPES[n % len(SHAPES)]
         scene = random_scene(rng, 1)  # colour, material and a background to read against
         obj = scene.objects[0]
@@ -327,12 +333,12 @@ def shape_drawn(pipe, config: ProbeConfig = ProbeConfig()) -> float:
     return float(np.mean(hits))
 
 
-def run_probe(pipe, config: ProbeConfig = ProbeConfig()) -> dict:
+def run_probe(pipe, config: ProbeConfig = ProbeConfig(), progress: bool = False) -> dict:
     """Every figure of the probe as one JSON-ready dict: :data:`PROBE_KEYS` (ratios at t = 500,
     or at the probed timestep nearest to it; masses averaged over timesteps), ``by_timestep``,
     ``caption_control`` (``{str(t): share}``), ``shape_control`` (``{str(t): IoU gain}``),
-    ``scenes`` and ``probed_at``."""
-    by_t = attention_figures(pipe, config)
+    ``scenes`` and ``probed_at``. ``progress``: a tqdm bar per figure (on stderr)."""
+    by_t = attention_figures(pipe, config, progress)
     headline_t = min(config.timesteps, key=lambda t: abs(t - 500))
     head = by_t[headline_t]
     result = {
@@ -342,10 +348,10 @@ def run_probe(pipe, config: ProbeConfig = ProbeConfig()) -> dict:
     }
     for key in ("bos_mass", "word_mass", "eos_mass"):
         result[key] = float(np.mean([f[key] for f in by_t.values()]))
-    result.update(recolour_figures(pipe, config))
-    result["shape_drawn"] = shape_drawn(pipe, config)
-    result["caption_control"] = {str(t): v for t, v in caption_control(pipe, config).items()}
-    result["shape_control"] = {str(t): v for t, v in shape_control(pipe, config).items()}
+    result.update(recolour_figures(pipe, config, progress))
+    result["shape_drawn"] = shape_drawn(pipe, config, progress)
+    result["caption_control"] = {str(t): v for t, v in caption_control(pipe, config, progress).items()}
+    result["shape_control"] = {str(t): v for t, v in shape_control(pipe, config, progress).items()}
     result["probed_at"] = headline_t
     result["scenes"] = config.scenes
     result["by_timestep"] = {str(t): f for t, f in by_t.items()}
