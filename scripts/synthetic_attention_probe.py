@@ -19,11 +19,11 @@ one-object captions generated from pure noise in the shape they name; chance 1/9
 import argparse
 import json
 import logging
-import os
 import sys
 
 import torch
 
+from aledit.synthetic.model import SYNTHETIC_TINY, is_saved_pipeline
 from aledit.synthetic.probe import PROBE_KEYS, ProbeConfig, run_probe
 from aledit.validation import check_number
 
@@ -48,7 +48,7 @@ def main(argv=None) -> int:
         )
     except ValueError as e:
         parser.error(str(e))
-    if args.model != "synthetic-tiny" and not os.path.isfile(os.path.join(args.model, "model_index.json")):
+    if args.model != SYNTHETIC_TINY and not is_saved_pipeline(args.model):
         parser.error(f"{args.model} is not a model folder (no model_index.json): give one written by train_synthetic.py, or 'synthetic-tiny'")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from aledit import ALEEditPipeline  # after the argument checks: loading takes seconds

@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 
 from aledit.reporting import to_markdown
+from aledit.synthetic.model import is_saved_pipeline
 from aledit.synthetic.probe import PROBE_KEYS, ProbeConfig, run_probe
 from aledit.validation import check_number
 
@@ -32,7 +33,7 @@ def _models(run: str) -> list[tuple[str, int | None, str]]:
             m = re.fullmatch(r"step-(\d+)", name)
             if m:
                 found.append((os.path.basename(os.path.normpath(run)), int(m.group(1)), os.path.join(folder, name)))
-    if os.path.isfile(os.path.join(run, "model_index.json")):
+    if is_saved_pipeline(run):
         found.append((os.path.basename(os.path.normpath(run)), None, run))
     return sorted(found, key=lambda r: (r[1] is None, r[1] or 0))
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from ..methods.ale import ALEConfig
 
 __all__ = [
+    "is_saved_pipeline",
     "ABLATION_SWITCHES",
     "SYNTHETIC_EDIT_SETTINGS",
     "SYNTHETIC_TINY",
@@ -53,6 +54,12 @@ class SyntheticModelMissingError(FileNotFoundError):
     """The packaged model folder is not where the package expects it."""
 
 
+def is_saved_pipeline(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` holds a saved pipeline (diffusers layout: ``model_index.json``), as
+    training writes it and its checkpoints are."""
+    return os.path.isfile(os.path.join(folder, "model_index.json"))
+
+
 def synthetic_model_path() -> Path:
     """The folder of the packaged ``synthetic-tiny`` model (has ``model_index.json``); pass it
     to ``ALEEditPipeline.from_pretrained``.
@@ -61,7 +68,7 @@ def synthetic_model_path() -> Path:
         SyntheticModelMissingError: the package was installed without its model data.
     """
     path = Path(os.fspath(resources.files("aledit").joinpath("models", SYNTHETIC_TINY)))
-    if not (path / "model_index.json").is_file():
+    if not is_saved_pipeline(path):
         raise SyntheticModelMissingError(
             f"the synthetic-tiny model is missing from {path}; reinstall aledit with its package data "
             "(pip install -e .) or train one with `python scripts/train_synthetic.py --out DIR`"

@@ -175,7 +175,7 @@ def attention_figures(pipe, config: ProbeConfig = ProbeConfig(), progress: bool 
     rng = np.random.default_rng(config.seed)
     figures = {t: {k: [] for k in ("bos_mass", "word_mass", "eos_mass", "own_mask_ratio", "other_mask_ratio")} for t in config.timesteps}
     try:
-        for n in _scenes(config, 'attention', progress):
+        for n in _scenes(config, "attention", progress):
             scene = random_scene(rng, 2)
             layout = layout_prompt(tok, scene.caption, [o.phrase for o in scene.objects])
             eos = layout.eos_index
@@ -236,7 +236,7 @@ def recolour_figures(pipe, config: ProbeConfig = ProbeConfig(), progress: bool =
     rng = np.random.default_rng(config.seed + 7)
     uncond = encode_prompts(pipe.text_encoder, pipe.tokenizer, [""])
     shares, colour_shares = [], []
-    for n in _scenes(config, 're-colouring', progress):
+    for n in _scenes(config, "re-colouring", progress):
         scene, color, cond = _recolour_case(pipe, rng)
         latent = _latent(pipe, scene.image)
         noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(config.seed * 1000 + 500 + n))
@@ -259,7 +259,7 @@ def caption_control(pipe, config: ProbeConfig = ProbeConfig(), progress: bool = 
     rng = np.random.default_rng(config.seed + 13)
     uncond = encode_prompts(pipe.text_encoder, pipe.tokenizer, [""])
     hits = {t: [] for t in config.control_timesteps}
-    for n in _scenes(config, 'caption control', progress):
+    for n in _scenes(config, "caption control", progress):
         scene, color, cond = _recolour_case(pipe, rng)
         latent = _latent(pipe, scene.image)
         noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(config.seed * 1000 + 900 + n))
@@ -283,7 +283,7 @@ def shape_control(pipe, config: ProbeConfig = ProbeConfig(), progress: bool = Fa
     rng = np.random.default_rng(config.seed + 17)
     uncond = encode_prompts(pipe.text_encoder, pipe.tokenizer, [""])
     gains = {t: [] for t in config.control_timesteps}
-    for n in _scenes(config, 'shape control', progress):
+    for n in _scenes(config, "shape control", progress):
         scene = random_scene(rng, 1)
         obj = scene.objects[0]
         shape = str(rng.choice([s for s in SHAPES if s != obj.shape]))
@@ -322,7 +322,7 @@ def shape_drawn(pipe, config: ProbeConfig = ProbeConfig(), progress: bool = Fals
     uncond = encode_prompts(pipe.text_encoder, pipe.tokenizer, [""])
     size = pipe.unet.config.sample_size
     hits = []
-    for n in _scenes(config, 'shapes drawn', progress):
+    for n in _scenes(config, "shapes drawn", progress):
         shape = SHAPES[n % len(SHAPES)]
         scene = random_scene(rng, 1)  # colour, material and a background to read against
         obj = scene.objects[0]

@@ -68,6 +68,7 @@ from .grounding import (
     separation_grounding_loss,
     token_grounding_loss,
 )
+from .model import is_saved_pipeline
 from .scenes import SceneObject, random_scene
 
 __all__ = [
@@ -704,7 +705,7 @@ def load_components(folder: str | os.PathLike) -> dict:
     from transformers import CLIPTextModel
 
     folder = os.fspath(folder)
-    if not os.path.isfile(os.path.join(folder, "model_index.json")):
+    if not is_saved_pipeline(folder):
         raise FileNotFoundError(f"{folder} is not a saved pipeline (no model_index.json); train one first")
     components = build_components(TrainConfig())
     components["vae"] = AutoencoderKL.from_pretrained(folder, subfolder="vae").float()
@@ -843,7 +844,7 @@ def main(argv: list[str] | None = None) -> int:
         check_output_dir(args.out)
     except OSError as e:
         build_parser().error(str(e))
-    if args.init is not None and not os.path.isfile(os.path.join(args.init, "model_index.json")):
+    if args.init is not None and not is_saved_pipeline(args.init):
         build_parser().error(f"--init {args.init} is not a saved pipeline (no model_index.json)")
     if args.checkpoint_every < 0:
         build_parser().error(f"--checkpoint-every must be >= 0, got {args.checkpoint_every}")
